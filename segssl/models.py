@@ -18,6 +18,7 @@ def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Modu
     """
     import segmentation_models_pytorch as smp
 
+    check_model_params(cfg)
     weights = cfg.encoder_weights
     local = weights is not None and weights not in ("imagenet",) and (Path(weights).suffix or "/" in weights)
     hub_weights = None if local else weights
@@ -40,6 +41,24 @@ def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Modu
     if local:
         load_encoder_weights(model, Path(weights))  # type: ignore[arg-type]
     return model
+
+
+def check_model_params(cfg: ModelConfig) -> None:
+    """smp's encoders silently drop unknown keyword arguments, so a typo such as
+    ``decoder_chanels`` would be ignored: check ``model.params`` against the architecture."""
+    import inspect
+
+    import segmentation_models_pytorch as smp
+
+    archs = {name.lower(): getattr(smp, name) for name in dir(smp) if isinstance(getattr(smp, name), type)}
+    arch = archs.get(cfg.arch.lower())
+    if arch is None:
+        return  # smp.create_model reports unknown architectures with the valid list
+    reserved = {"self", "encoder_name", "encoder_weights", "in_channels", "classes", "kwargs"}
+    allowed = [p for p in inspect.signature(arch.__init__).parameters if p not in reserved]
+    for key in cfg.params:
+        if key not in allowed:
+            raise ConfigError(f"unknown config key 'model.params.{key}' for {cfg.arch}; valid keys: {', '.join(allowed)}")
 
 
 def load_encoder_weights(model: nn.Module, path: Path) -> None:

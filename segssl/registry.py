@@ -44,7 +44,7 @@ class Registry(Generic[T]):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
+            if exc.name == module_name or (exc.name and module_name.startswith(exc.name + ".")):
                 raise RegistryError(
                     f"{self.kind} '{spec}': module '{module_name}' not found (is it on PYTHONPATH?)"
                 ) from exc

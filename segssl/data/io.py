@@ -66,6 +66,25 @@ def adapt_channels(image: np.ndarray, in_channels: int, path: str | Path) -> np.
     raise DataError(f"image {path} has {channels} channels, the dataset declares {in_channels}")
 
 
+def read_id_list(path: str | Path) -> list[str]:
+    """Item ids from a list file: one per line, first token; "#" comments and blank lines skipped.
+
+    A token naming an image file (``dir/img_001.png``) gives its stem; anything else is an id
+    as written, so ids containing dots (``case.001``) survive.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"list file not found: {path}")
+    ids = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name = Path(line.split()[0]).name
+        ids.append(Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name)
+    return ids
+
+
 def list_images(folder: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():

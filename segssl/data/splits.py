@@ -13,6 +13,7 @@ from typing import Union
 from ..config import SplitConfig
 from ..errors import ConfigError, DataError
 from .adapters.base import Adapter, Item
+from .io import read_id_list
 
 
 @dataclass
@@ -34,8 +35,7 @@ def draw_labeled(items: list[Item], labeled: Union[float, int, str, None], seed:
         path = Path(labeled)
         if not path.is_file():
             raise ConfigError(f"data.split.labeled: list file not found: {path}")
-        wanted = [line.split()[0] for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-        wanted_stems = {Path(w).stem for w in wanted}
+        wanted_stems = set(read_id_list(path))
         chosen = [it for it in items if it["id"] in wanted_stems]
         found = {it["id"] for it in chosen}
         missing = sorted(wanted_stems - found)

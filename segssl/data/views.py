@@ -34,12 +34,12 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
 def geometry_pipeline(cfg: DataConfig, train: bool) -> A.Compose:
     ops: list[Any] = []
     if cfg.resize is not None:
-        ops.append(A.Resize(cfg.resize[0], cfg.resize[1], interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+        ops.append(A.Resize(cfg.resize[0], cfg.resize[1], interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST_EXACT))
     if train:
         aug = cfg.augment
         low, high = aug.scale
         if (low, high) != (1.0, 1.0):
-            ops.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0))
+            ops.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0))
         if cfg.crop is not None:
             h, w = cfg.crop
             # padding carries valid=0, never a sentinel label
@@ -70,11 +70,15 @@ def strong_pipeline(aug: AugmentConfig, channels: int) -> A.Compose:
 class ViewMaker:
     """Callable: sample dict (from an adapter) -> dict of tensors with the requested views."""
 
-    def __init__(self, cfg: DataConfig, channels: int, train: bool, views: Sequence[str] = ()) -> None:
+    def __init__(self, cfg: DataConfig, channels: int, train: bool, views: Sequence[str] = (), hide_labels: bool = False) -> None:
         unknown = [v for v in views if v not in STRONG_VIEWS]
         if unknown:
             raise ValueError(f"unknown views {unknown}; available: {STRONG_VIEWS}")
         self.views = tuple(views)
+        # unlabeled streams: "valid" marks padding only, so a mask the data happens to have
+        # (benchmark mode) cannot steer the loss through its "don't care" regions; the mask and
+        # its own validity travel as "mask" / "mask_valid" for diagnostics alone
+        self.hide_labels = hide_labels
         self.geometry = geometry_pipeline(cfg, train)
         self.strong = strong_pipeline(cfg.augment, channels) if self.views else None
         mean = np.asarray(cfg.mean, np.float32)
@@ -101,20 +105,32 @@ class ViewMaker:
         h, w = image.shape[:2]
         mask = sample["mask"].astype(np.int32) if has_mask else np.zeros((h, w), np.int32)
         valid = sample.get("valid", np.ones((h, w), bool)).astype(np.uint8)
-        out = self.geometry(image=image, masks=[mask, valid])
+        inside = np.ones((h, w), np.uint8)  # becomes 0 where geometry pads
+        out = self.geometry(image=image, masks=[mask, valid, inside])
         image = out["image"]
-        mask, valid = out["masks"]
+        mask, valid, inside = (torch.from_numpy(np.ascontiguousarray(m)) for m in out["masks"])
         result: dict[str, Any] = {
             "id": sample["id"],
             WEAK: self.normalise(image),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
-            "valid": torch.from_numpy(np.ascontiguousarray(valid)).bool(),
+            "mask": mask.long(),
+            "valid": (inside if self.hide_labels else valid).bool(),
             "has_mask": has_mask,
         }
+        if self.hide_labels:
+            result["mask_valid"] = valid.bool()
         for view in self.views:
-            strong = self.strong(image=image)["image"]  # type: ignore[misc]
-            result[view] = self.normalise(np.clip(strong, 0.0, 1.0) if bounded else strong)
+            result[view] = self.normalise(self._strong(image, bounded))
         return result
+
+    def _strong(self, image: np.ndarray, bounded: bool) -> np.ndarray:
+        if bounded:
+            return np.clip(self.strong(image=image)["image"], 0.0, 1.0)  # type: ignore[misc]
+        # float rasters in physical units: albumentations' colour ops clip to [0, 1], so work in
+        # the image's own min-max range and map back
+        low, high = float(image.min()), float(image.max())
+        scale = max(high - low, 1e-12)
+        unit = (image - low) / scale
+        return self.strong(image=unit)["image"] * scale + low  # type: ignore[misc]
 
 
 def pad_collate(samples: list[dict[str, Any]], multiple: int = 1) -> dict[str, Any]:

@@ -131,17 +131,17 @@ class Trainer:
             save_atomic(state if state is not None else self._state(), self.run_dir / "checkpoints" / f"{name}.pt")
 
     # ------------------------------------------------------------------ data
-    def _views(self, train: bool, views: tuple[str, ...] = ()) -> ViewMaker:
-        return ViewMaker(self.cfg.data, self.adapter.in_channels, train, views)
+    def _views(self, train: bool, views: tuple[str, ...] = (), hide_labels: bool = False) -> ViewMaker:
+        return ViewMaker(self.cfg.data, self.adapter.in_channels, train, views, hide_labels)
 
-    def _stream(self, items: list, views: tuple[str, ...], batch_size: int, salt: int):  # noqa: ANN202
+    def _stream(self, items: list, views: tuple[str, ...], batch_size: int, salt: int, hide_labels: bool = False):  # noqa: ANN202
         d = self.cfg.data
-        dataset = SegDataset(self.adapter, items, self._views(True, views), skip_bad=True, cache=d.cache)
+        dataset = SegDataset(self.adapter, items, self._views(True, views, hide_labels), skip_bad=True, cache=d.cache)
         return endless_loader(dataset, batch_size, self.cfg.train.seed + salt, self.dist.rank, self.dist.world_size, self.step, d.num_workers)
 
-    def _eval_loader(self, items: list):  # noqa: ANN202
+    def _eval_loader(self, items: list, hide_labels: bool = False):  # noqa: ANN202
         d = self.cfg.data
-        dataset = SegDataset(self.adapter, items, self._views(False), cache=False)
+        dataset = SegDataset(self.adapter, items, self._views(False, (), hide_labels), cache=False)
         return eval_loader(dataset, d.eval_batch_size, self.dist.rank, self.dist.world_size, d.num_workers, self.stride)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +174,7 @@ class Trainer:
         )
 
     def _unlabeled_pool(self):  # noqa: ANN202
-        for batch in self._eval_loader(self.splits.unlabeled):
+        for batch in self._eval_loader(self.splits.unlabeled, hide_labels=True):
             yield self._to_device(batch)
 
     def train_step(self, labeled: dict[str, Any], unlabeled: Optional[dict[str, Any]]) -> dict[str, Any]:
@@ -208,7 +208,8 @@ class Trainer:
             if not self.splits.unlabeled:
                 raise ConfigError(f"method '{cfg.method.name}' needs unlabeled images; data.split gives none "
                                   "(set data.split.labeled to a fraction or list data.split.unlabeled)")
-            unlabeled_iter = self._stream(self.splits.unlabeled, self.method.unlabeled_views, d.unlabeled_batch_size or d.batch_size, 1)
+            unlabeled_iter = self._stream(self.splits.unlabeled, self.method.unlabeled_views,
+                                          d.unlabeled_batch_size or d.batch_size, 1, hide_labels=True)
         val_loader = self._eval_loader(self.splits.val) if self.splits.val else None
         start_time, start_step = time.time(), self.step
         sums: dict[str, float] = {}

@@ -11,8 +11,9 @@ does; it never grows its own loop.
 
 Batches are dicts of tensors: ``image`` (the weak view: geometry only), ``mask``, ``valid``,
 ``has_mask``, ``id`` and one entry per extra view the method declares in ``unlabeled_views``
-(e.g. ``strong``). On unlabeled batches ``mask`` holds ground truth only where the data has it
-(benchmark mode, ``has_mask``); methods may use it for diagnostics, never in a loss.
+(e.g. ``strong``). On unlabeled batches ``valid`` marks padding only, and ``mask`` /
+``mask_valid`` hold ground truth only where the data has it (benchmark mode, ``has_mask``):
+methods may use them for diagnostics (``hidden_ground_truth``), never in a loss.
 """
 from __future__ import annotations
 
@@ -61,6 +62,16 @@ class StepContext:
     #: batches padded to the network stride with valid=False), for offline pseudo-labelling
     unlabeled_pool: Optional[Callable[[], Iterator[Batch]]] = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+def hidden_ground_truth(batch: Batch) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(mask, mask validity) of an unlabeled batch where ground truth is known, for diagnostics
+    such as pseudo-label accuracy; (None, None) when no item has a mask."""
+    has = batch.get("has_mask")
+    if has is None or not bool(torch.as_tensor(has).any()):
+        return None, None
+    valid = batch.get("mask_valid", batch["valid"])
+    return batch["mask"], valid & torch.as_tensor(has, device=valid.device).bool().view(-1, 1, 1)
 
 
 @dataclass

@@ -106,7 +106,8 @@ def finalize_mask(
             f"mask {source} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image is "
             f"{image_shape[1]}x{image_shape[0]}"
         )
-    ignore = np.isin(raw, np.asarray(list(ignore_values), dtype=raw.dtype)) if ignore_values else np.zeros(raw.shape, bool)
+    # compare as int64: an ignore value outside the mask's dtype (e.g. 65535 for uint8) matches nothing
+    ignore = np.isin(raw.astype(np.int64), np.asarray(list(ignore_values), dtype=np.int64)) if ignore_values else np.zeros(raw.shape, bool)
     if value_map:
         mask = np.zeros(raw.shape, np.int64)
         known = ignore.copy()

@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ...errors import DataError
-from ..io import IMAGE_EXTENSIONS, adapt_channels, list_images, read_image, read_mask
+from ..io import IMAGE_EXTENSIONS, adapt_channels, list_images, read_id_list, read_image, read_mask
 from .base import ADAPTERS, Adapter, Item, Sample, check_class_names, finalize_mask, palette_to_index
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class FolderAdapter(Adapter):
     def _scan(self, split: str, spec: dict[str, str]) -> list[Item]:
         images = list_images(self.root / spec["images"], self.extensions)
         if "list" in spec:
-            wanted = _read_stems(self.root / spec["list"])
+            wanted = read_id_list(self.root / spec["list"])
             by_stem = {p.stem: p for p in images}
             missing = [s for s in wanted if s not in by_stem]
             if missing:
@@ -140,14 +140,3 @@ class FolderAdapter(Adapter):
         sample["mask"] = mask
         sample["valid"] = valid
         return sample
-
-
-def _read_stems(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DataError(f"split list file not found: {path}")
-    stems = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            stems.append(Path(line.split()[0]).stem)  # "img.png mask.png" lines keep the image stem
-    return stems
