@@ -162,7 +162,6 @@ class Trainer:
             self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
         self.scaler.step(optimizer)
-        self.scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
     def _context(self) -> StepContext:
@@ -191,6 +190,7 @@ class Trainer:
             self._backward(loss)
             for name in self.optimizers:
                 self._optimizer_step(name)
+        self.scaler.update()  # once per iteration, after every optimizer stepped (PyTorch AMP recipe)
         for scheduler in self.schedulers.values():
             scheduler.step()
         self.step += 1

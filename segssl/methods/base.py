@@ -6,7 +6,7 @@ researcher looks at first (``mask_ratio``, ``pl_acc``, ...). The trainer owns op
 AMP, gradient averaging across processes, clipping, checkpoints and logging.
 
 A method that needs several optimizers (a GAN discriminator) sets ``manual_optimization`` and
-calls ``ctx.backward(loss)`` / ``ctx.step(name)`` itself, as Lightning's manual optimization
+calls ``ctx.backward(loss)`` / ``ctx.optimizer_step(name)`` itself, as Lightning's manual optimization
 does; it never grows its own loop.
 
 Batches are dicts of tensors: ``image`` (the weak view: geometry only), ``mask``, ``valid``,
