@@ -213,6 +213,7 @@ class Trainer:
         val_loader = self._eval_loader(self.splits.val) if self.splits.val else None
         start_time, start_step = time.time(), self.step
         sums: dict[str, float] = {}
+        seen: dict[str, int] = {}  # per key: diagnostics such as pl_acc are absent from some steps
         count = 0
         bar = tqdm(total=cfg.train.max_steps, initial=self.step, disable=not self.dist.is_main, dynamic_ncols=True, desc="train")
         try:
@@ -225,15 +226,16 @@ class Trainer:
                     for key, value in out.items():
                         if torch.is_tensor(value) and value.numel() == 1 or isinstance(value, (int, float)):
                             sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+                            seen[key] = seen.get(key, 0) + 1
                     count += 1
                     bar.update(1)
                     if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
                         rate = count / max(time.time() - tick, 1e-9)
-                        values = {k: v / count for k, v in sums.items()}
+                        values = {k: v / seen[k] for k, v in sums.items()}
                         values.update(lr=self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"], steps_per_s=rate)
                         self.logger.write(self.step, "train", values)
                         bar.set_postfix(loss=f"{values['loss']:.4f}", rate=f"{rate:.2f} it/s")
-                        sums, count, tick = {}, 0, time.time()
+                        sums, seen, count, tick = {}, {}, 0, time.time()
                     if self.step % cfg.train.eval_every == 0 or self.step == cfg.train.max_steps:
                         self._validate(val_loader)
         except KeyboardInterrupt:

@@ -1,0 +1,222 @@
+"""Online pseudo-labelling with per-pixel confidence weights (self-training).
+
+Lee, "Pseudo-Label: The Simple and Efficient Semi-Supervised Learning Method for Deep Neural
+Networks" (ICML-W 2013): the network's own arg-max on unlabeled images is a training target,
+with a weight ramped up from zero so that early, near-random predictions are not imitated.
+This is self-training, not consistency: the student is trained on the SAME weak view the
+teacher labelled (FixMatch/UniMatch add a strong view, see ``fixmatch.py``).
+
+* Teacher (``teacher``): ``self`` - the model itself in eval mode under ``no_grad`` (running
+  BatchNorm statistics, no dropout, no statistic update); ``ema`` - an EMA copy of the student
+  (Tarvainen & Valpola 2017, decay 0.99 with warm-up ``min(d, 1 - 1/(t+1))``), which is then the
+  evaluated/checkpointed model and damps confirmation bias at low label fractions.
+* Per-pixel weights (``weighting``): ``hard`` - ``conf >= threshold`` (0.95, FixMatch);
+  ``soft`` - SoftMatch's truncated Gaussian (Chen et al., ICLR 2023: EMA mean/variance of the
+  confidence, initialised at 1/C and 1, momentum 0.999, n_sigma 2); ``classwise`` - FreeMatch's
+  self-adaptive class thresholds (Wang et al., ICLR 2023: initialised at 1/C, momentum 0.999).
+  Their statistics are registered buffers, so they are checkpointed and resumed. With ``hard``
+  and ``classwise``, pixels below threshold get weight 0: they are never trained towards any
+  class (least of all class 0); ``soft`` gives them a small weight towards their own arg-max.
+* Loss: ``CE_l + lambda_u * rampup(t) * wCE_u`` with ``wCE_u = sum(w * ce) / #valid pixels``:
+  the denominator counts ALL valid unlabeled pixels, not only confident ones (FixMatch/UniMatch
+  convention), so when few pixels are trusted the term shrinks instead of amplifying a handful of
+  possibly wrong pixels. Sigmoid ramp-up ``exp(-5(1-t)^2)`` over ``rampup_steps`` (default 10% of
+  ``train.max_steps``; Lee's deterministic annealing also starts the unlabeled weight at 0): the
+  soft and class-wise weightings trust most pixels at the start, when their statistics are still
+  at their uniform initial values, and the ramp-up keeps that from teaching the model noise.
+
+The helpers below (deterministic teacher pass, EMA teacher, confidence weighting, joint
+forward, diagnostics) are shared with FixMatch/UniMatch and Mean Teacher.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..losses import masked_cross_entropy, weighted_cross_entropy
+from ..pseudo import (
+    classwise_thresholds, classwise_weights, confidence_and_label, ema_decay, ema_update_, hard_weights,
+    pseudo_label_stats, rampup, soft_gaussian_weights, update_classwise_state, update_confidence_stats,
+)
+from .base import METHODS, Batch, Method, StepContext, StepOutput, hidden_ground_truth
+
+TEACHERS = ("self", "ema")
+WEIGHTINGS = ("hard", "soft", "classwise")
+
+
+def check_choice(value: str, choices: Sequence[str], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"method.params.{key} is '{value}'; choose one of: {', '.join(choices)}")
+
+
+# ---------------------------------------------------------------------------- teachers
+@torch.no_grad()
+def deterministic_logits(net: nn.Module, image: Tensor) -> Tensor:
+    """Teacher pass of ``net`` itself: eval mode (running BatchNorm statistics, which it does not
+    update, and no dropout) and no gradient; every submodule's mode is restored afterwards."""
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        return net(image).detach()
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+class EmaTeacher(nn.Module):
+    """A frozen copy of the student, updated by exponential moving average, always in eval mode."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.net = copy.deepcopy(student)
+        self.net.requires_grad_(False)
+        self.net.eval()
+
+    def train(self, mode: bool = True) -> "EmaTeacher":
+        return super().train(False)  # Method.train() must not switch on BatchNorm updates/dropout
+
+    @torch.no_grad()
+    def forward(self, image: Tensor) -> Tensor:
+        return self.net(image).detach()
+
+    def update(self, student: nn.Module, step: int, decay: float) -> None:
+        ema_update_(self.net, student, ema_decay(step, decay))
+
+
+# ---------------------------------------------------------------------------- weighting
+class ConfidenceWeighting(nn.Module):
+    """Pseudo-labels and per-pixel weights from teacher logits; running statistics as buffers."""
+
+    def __init__(self, mode: str, num_classes: int, threshold: float = 0.95, momentum: float = 0.999,
+                 n_sigma: float = 2.0) -> None:
+        super().__init__()
+        check_choice(mode, WEIGHTINGS, "weighting")
+        self.mode, self.threshold, self.momentum, self.n_sigma = mode, threshold, momentum, n_sigma
+        if mode == "soft":  # SoftMatch initial values
+            self.register_buffer("conf_mean", torch.tensor(1.0 / num_classes))
+            self.register_buffer("conf_var", torch.tensor(1.0))
+        elif mode == "classwise":  # FreeMatch initial values
+            self.register_buffer("global_tau", torch.tensor(1.0 / num_classes))
+            self.register_buffer("class_prob", torch.full((num_classes,), 1.0 / num_classes))
+
+    @torch.no_grad()
+    def forward(self, logits: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(conf, label, weight)``; in training mode the statistics first absorb this batch
+        (as SoftMatch/FreeMatch do), then weight it."""
+        conf, label = confidence_and_label(logits)
+        if self.mode == "hard":
+            return conf, label, hard_weights(conf, self.threshold)
+        if self.mode == "soft":
+            if self.training:
+                mean, var = update_confidence_stats(self.conf_mean, self.conf_var, conf, valid, self.momentum)
+                self.conf_mean.copy_(mean)
+                self.conf_var.copy_(var)
+            # USB's SoftMatch divides the variance by n_sigma^2: weight 1/e^2 at n_sigma std below
+            return conf, label, soft_gaussian_weights(conf, self.conf_mean, self.conf_var / self.n_sigma**2)
+        if self.training:
+            probs = F.softmax(logits.detach().float(), dim=1)
+            tau, prob = update_classwise_state(self.global_tau, self.class_prob, probs, valid, self.momentum)
+            self.global_tau.copy_(tau)
+            self.class_prob.copy_(prob)
+        return conf, label, classwise_weights(conf, label, self.thresholds())
+
+    def thresholds(self) -> Tensor:
+        return classwise_thresholds(self.global_tau, self.class_prob)
+
+    def state_stats(self) -> dict[str, Any]:
+        if self.mode == "soft":
+            return {"soft/mean": self.conf_mean.detach(), "soft/var": self.conf_var.detach()}
+        if self.mode == "classwise":
+            return {"tau/global": self.global_tau.detach(), "tau/min": self.thresholds().min().detach()}
+        return {}
+
+
+# ---------------------------------------------------------------------------- small shared steps
+def joint_forward(net: nn.Module, images: Sequence[Tensor]) -> list[Tensor]:
+    """One pass over several batches when their shapes agree, so BatchNorm normalises labeled
+    and unlabeled images with the same batch statistics (FixMatch's interleaving); else one each."""
+    if all(x.shape[1:] == images[0].shape[1:] for x in images):
+        return list(net(torch.cat(list(images))).split([x.shape[0] for x in images]))
+    return [net(x) for x in images]
+
+
+def unlabeled_diagnostics(label: Tensor, weight: Tensor, conf: Tensor, batch: Batch, num_classes: int) -> dict[str, Any]:
+    """``pseudo_label_stats`` on an unlabeled batch; ground truth (benchmark mode only, where
+    ``has_mask``) is used for ``pl_acc`` and nowhere else."""
+    hidden_mask, hidden_valid = hidden_ground_truth(batch)
+    return pseudo_label_stats(label, weight, batch["valid"], num_classes, hidden_mask=hidden_mask,
+                              hidden_valid=hidden_valid, conf=conf)
+
+
+def ramp(step: int, max_steps: int, rampup_steps: Optional[int], default_fraction: float) -> float:
+    """Sigmoid ramp-up factor; ``rampup_steps=None`` means ``default_fraction`` of the run."""
+    length = round(default_fraction * max_steps) if rampup_steps is None else rampup_steps
+    return rampup(step, length)
+
+
+def require_unlabeled(unlabeled: Optional[Batch], name: str) -> Batch:
+    if unlabeled is None:
+        raise ValueError(f"method '{name}' needs an unlabeled batch")
+    return unlabeled
+
+
+# ---------------------------------------------------------------------------- the method
+@dataclass
+class PseudoLabelParams:
+    teacher: str = "self"  # self: the model in eval mode | ema: EMA copy (then the evaluated model)
+    ema_decay: float = 0.99  # Mean Teacher (Tarvainen & Valpola 2017), with warm-up
+    weighting: str = "hard"  # hard | soft (SoftMatch) | classwise (FreeMatch)
+    threshold: float = 0.95  # hard weighting (FixMatch)
+    ema_momentum: float = 0.999  # SoftMatch / FreeMatch statistics
+    soft_n_sigma: float = 2.0  # SoftMatch (USB implementation)
+    lambda_u: float = 1.0
+    rampup_steps: Optional[int] = None  # None: 10% of train.max_steps; 0: no ramp-up
+
+    def __post_init__(self) -> None:
+        check_choice(self.teacher, TEACHERS, "teacher")
+        check_choice(self.weighting, WEIGHTINGS, "weighting")
+
+
+@METHODS.register("pseudo_label")
+class PseudoLabel(Method):
+    """Self-training on confidence-weighted online pseudo-labels of the weak view."""
+
+    Params = PseudoLabelParams
+    uses_unlabeled = True
+    unlabeled_views = ()  # the weak view ("image") only
+
+    def __init__(self, build_model: Any, num_classes: int, params: PseudoLabelParams) -> None:
+        super().__init__(build_model, num_classes, params)
+        self.weighting = ConfidenceWeighting(params.weighting, num_classes, params.threshold,
+                                             params.ema_momentum, params.soft_n_sigma)
+        self.teacher = EmaTeacher(self.model) if params.teacher == "ema" else None
+
+    def teacher_logits(self, image: Tensor) -> Tensor:
+        return self.teacher(image) if self.teacher is not None else deterministic_logits(self.model, image)
+
+    def training_step(self, labeled: Batch, unlabeled: Optional[Batch], ctx: StepContext) -> StepOutput:
+        p = self.params
+        unlabeled = require_unlabeled(unlabeled, "pseudo_label")
+        weak, valid_u = unlabeled["image"], unlabeled["valid"]
+        conf, label, weight = self.weighting(self.teacher_logits(weak), valid_u)
+        pred_x, pred_u = joint_forward(self.model, [labeled["image"], weak])
+        loss_x = masked_cross_entropy(pred_x, labeled["mask"], labeled["valid"])
+        loss_u = weighted_cross_entropy(pred_u, label, weight, valid_u)
+        lam = p.lambda_u * ramp(ctx.step, ctx.max_steps, p.rampup_steps, 0.1)
+        out: StepOutput = {"loss": loss_x + lam * loss_u, "loss/ce": loss_x, "loss/u": loss_u, "lambda_u": lam}
+        out.update(unlabeled_diagnostics(label, weight, conf, unlabeled, self.num_classes))
+        out.update(self.weighting.state_stats())
+        return out
+
+    def on_after_step(self, ctx: StepContext) -> None:
+        if self.teacher is not None:
+            self.teacher.update(self.model, ctx.step, self.params.ema_decay)
+
+    def eval_model(self) -> nn.Module:
+        return self.teacher.net if self.teacher is not None else self.model
