@@ -77,8 +77,11 @@ def make_splits(adapter: Adapter, cfg: SplitConfig) -> Splits:
     if not labeled:
         raise DataError(f"no labeled items in split '{cfg.train}'")
     unlabeled = list(rest) if cfg.rest_unlabeled else []
+    taken = {it["id"] for it in pool}
     for name in cfg.unlabeled:
-        unlabeled.extend(adapter.items(name))
+        # ids must be unique across the training pools (methods key state by id): an extra
+        # split reusing ids of the training split (ISBI: 0..29 in both) gets its split as prefix
+        unlabeled.extend(it if it["id"] not in taken else {**it, "id": f"{name}__{it['id']}"} for it in adapter.items(name))
     val = adapter.items(cfg.val) if cfg.val else []
     test = adapter.items(cfg.test) if cfg.test else []
     for name, split_items in (("val", val), ("test", test)):

@@ -87,7 +87,7 @@ class FolderAdapter(Adapter):
     def _scan(self, split: str, spec: dict[str, str]) -> list[Item]:
         images = list_images(self.root / spec["images"], self.extensions)
         if "list" in spec:
-            wanted = read_id_list(self.root / spec["list"])
+            wanted = read_id_list(self._list_path(spec["list"]))
             by_stem = {p.stem: p for p in images}
             missing = [s for s in wanted if s not in by_stem]
             if missing:
@@ -119,6 +119,12 @@ class FolderAdapter(Adapter):
                 f"with the same stem in {mask_dir}: {unmatched[:5]}"
             )
         return items
+
+    def _list_path(self, name: str) -> Path:
+        """List files may sit beside the data (relative to root) or in the project (relative to
+        the working directory, e.g. split lists committed under datasets/)."""
+        in_root = self.root / name
+        return in_root if in_root.is_file() or not Path(name).is_file() else Path(name)
 
     def load(self, item: Item) -> Sample:
         image = adapt_channels(read_image(item["image"]), self.in_channels, item["image"])

@@ -214,9 +214,14 @@ class RasterAdapter(Adapter):
                         item["mask"] = str(masks[stem])
                     scenes.append(item)
             if spec["list"]:
-                wanted = [ln.split()[0] for ln in (self.root / spec["list"]).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-                keep = {Path(w).stem for w in wanted}
+                listed = self.root / spec["list"]
+                if not listed.is_file():
+                    raise DataError(f"split list file not found: {listed}")
+                keep = {Path(ln.split()[0]).stem for ln in listed.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
                 scenes = [s for s in scenes if s["id"] in keep or Path(s["image"]).stem in keep]
+                missing = keep - {s["id"] for s in scenes} - {Path(s["image"]).stem for s in scenes}
+                if missing:
+                    raise DataError(f"split '{split}': list {listed} names scenes not found: {sorted(missing)[:5]}")
             self._scenes[split] = scenes
         return self._scenes[split]
 
