@@ -33,14 +33,14 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses import masked_cross_entropy, weighted_cross_entropy
 from ..pseudo import apply_cutmix, cutmix_boxes, rampup
 from .base import METHODS, Batch, Method, StepContext, StepOutput
 from .pseudo_label import (
-    TEACHERS, ConfidenceWeighting, EmaTeacher, check_choice, deterministic_logits, joint_forward,
+    TEACHERS, ConfidenceWeighting, EmaTeacher, TeacherMixin, check_choice, joint_forward,
     require_unlabeled, unlabeled_diagnostics,
 )
 
@@ -78,7 +78,7 @@ def mix_with_neighbour(box: Tensor, *tensors: Tensor) -> list[Tensor]:
 
 
 @METHODS.register("fixmatch")
-class FixMatch(Method):
+class FixMatch(TeacherMixin, Method):
     """Weak-view pseudo-labels supervise the (CutMix-ed) strong view."""
 
     Params = FixMatchParams
@@ -96,8 +96,6 @@ class FixMatch(Method):
         self.weighting = ConfidenceWeighting(params.weighting, num_classes, params.threshold, params.ema_momentum)
         self.teacher = EmaTeacher(self.model) if params.teacher == "ema" else None
 
-    def teacher_logits(self, image: Tensor) -> Tensor:
-        return self.teacher(image) if self.teacher is not None else deterministic_logits(self.model, image)
 
     def forward_fp(self, labeled: Tensor, weak: Tensor) -> tuple[Tensor, Tensor]:
         """UniMatch's FP pass: one encoder pass over labeled + weak images; the decoder sees the
@@ -149,10 +147,3 @@ class FixMatch(Method):
         out.update(unlabeled_diagnostics(label, weight, conf, unlabeled, self.num_classes))
         out.update(self.weighting.state_stats())
         return out
-
-    def on_after_step(self, ctx: StepContext) -> None:
-        if self.teacher is not None:
-            self.teacher.update(self.model, ctx.step, self.params.ema_decay)
-
-    def eval_model(self) -> nn.Module:
-        return self.teacher.net if self.teacher is not None else self.model

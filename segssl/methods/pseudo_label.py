@@ -89,6 +89,25 @@ class EmaTeacher(nn.Module):
         ema_update_(self.net, student, ema_decay(step, decay))
 
 
+class TeacherMixin:
+    """Pseudo-labels from the model itself (eval mode) or from an optional EMA teacher, which is
+    then also the evaluated network. Used by PseudoLabel and FixMatch/UniMatch."""
+
+    model: nn.Module
+    teacher: Optional[EmaTeacher]
+    params: Any
+
+    def teacher_logits(self, image: Tensor) -> Tensor:
+        return self.teacher(image) if self.teacher is not None else deterministic_logits(self.model, image)
+
+    def on_after_step(self, ctx: StepContext) -> None:
+        if self.teacher is not None:
+            self.teacher.update(self.model, ctx.step, self.params.ema_decay)
+
+    def eval_model(self) -> nn.Module:
+        return self.teacher.net if self.teacher is not None else self.model
+
+
 # ---------------------------------------------------------------------------- weighting
 class ConfidenceWeighting(nn.Module):
     """Pseudo-labels and per-pixel weights from teacher logits; running statistics as buffers."""
@@ -184,7 +203,7 @@ class PseudoLabelParams:
 
 
 @METHODS.register("pseudo_label")
-class PseudoLabel(Method):
+class PseudoLabel(TeacherMixin, Method):
     """Self-training on confidence-weighted online pseudo-labels of the weak view."""
 
     Params = PseudoLabelParams
@@ -197,8 +216,6 @@ class PseudoLabel(Method):
                                              params.ema_momentum, params.soft_n_sigma)
         self.teacher = EmaTeacher(self.model) if params.teacher == "ema" else None
 
-    def teacher_logits(self, image: Tensor) -> Tensor:
-        return self.teacher(image) if self.teacher is not None else deterministic_logits(self.model, image)
 
     def training_step(self, labeled: Batch, unlabeled: Optional[Batch], ctx: StepContext) -> StepOutput:
         p = self.params
@@ -213,10 +230,3 @@ class PseudoLabel(Method):
         out.update(unlabeled_diagnostics(label, weight, conf, unlabeled, self.num_classes))
         out.update(self.weighting.state_stats())
         return out
-
-    def on_after_step(self, ctx: StepContext) -> None:
-        if self.teacher is not None:
-            self.teacher.update(self.model, ctx.step, self.params.ema_decay)
-
-    def eval_model(self) -> nn.Module:
-        return self.teacher.net if self.teacher is not None else self.model
