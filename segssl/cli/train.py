@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..config import Config, apply_overrides, from_dict, load_config, read_yaml, to_dict, validate
+from ..config import Config, apply_overrides, from_dict, read_yaml, validate
 from ..errors import ConfigError
 from .common import run_cli
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence
-
-import numpy as np
+from typing import Optional, Sequence
 
 from ...errors import DataError
 from ..io import IMAGE_EXTENSIONS, adapt_channels, list_images, read_id_list, read_image, read_mask
