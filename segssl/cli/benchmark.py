@@ -73,8 +73,8 @@ def commit_id() -> str:
         return "unknown"
 
 
-def run_row(suite: Suite, row: Row, results: Path) -> dict[str, Any]:
-    work = REPO / suite.work_root / suite.name / row.key
+def run_row(suite: Suite, row: Row, results: Path, work_root: Path) -> dict[str, Any]:
+    work = work_root / suite.name / row.key
     labeled = "null" if row.label == "all" else str(suite.labeled[row.label])
     command = [sys.executable, "tools/train.py", "--config", suite.configs[row.method], "--work-dir", str(work),
                "--set", f"data.split.labeled={labeled}", "--set", f"train.seed={row.seed}",
@@ -135,16 +135,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--suite", required=True, help="suite YAML")
     parser.add_argument("--only", nargs="*", help="run only these methods")
     parser.add_argument("--report-only", action="store_true", help="rebuild the table from stored results")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="results folder (committed)")
+    parser.add_argument("--work-root", help="run directories with checkpoints (default: the suite's work_root)")
     args = parser.parse_args(argv)
     suite = load_suite(Path(args.suite))
-    results = REPO / "benchmarks" / "results" / suite.name
+    results = Path(args.results) / suite.name
+    work_root = Path(args.work_root) if args.work_root else REPO / suite.work_root
     if not args.report_only:
         for row in rows(suite, args.only):
             if (results / "runs" / f"{row.key}.json").exists():
                 print(f"skip {row.key}: done")
                 continue
             print(f"run {row.key}")
-            run_row(suite, row, results / "runs")
+            run_row(suite, row, results / "runs", work_root)
     table = report(suite, results / "runs")
     (results / "results.md").write_text(table + "\n")
     print(table)
