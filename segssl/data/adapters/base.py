@@ -15,7 +15,7 @@ and is named in the config as ``package.module:ClassName``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
 
@@ -52,6 +52,15 @@ class Adapter(ABC):
     @abstractmethod
     def load(self, item: Item) -> Sample:
         """Load one item into a sample (see module docstring)."""
+
+    def cached_items(self, split: str, scan: Callable[[], list[Item]]) -> list[Item]:
+        """``items()`` helper: reject unknown splits, scan a split's files once per adapter."""
+        if split not in self.splits():
+            raise self._unknown_split(split)
+        cache: dict[str, list[Item]] = self.__dict__.setdefault("_items_cache", {})
+        if split not in cache:
+            cache[split] = scan()
+        return cache[split]
 
     def has_mask(self, item: Item) -> bool:
         return item.get("mask") is not None

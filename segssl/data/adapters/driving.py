@@ -53,28 +53,26 @@ class CityscapesAdapter(Adapter):
         self.palette = list(CITYSCAPES_PALETTE)
         self.ignore_index = 0  # labelId 0 'unlabeled' (all 16 non-train ids are ignored)
         self.labeled_splits, self.label_folder = list(labeled_splits), label_folder
-        self._cache: dict[str, list[Item]] = {}
 
     def splits(self) -> list[str]:
         return sorted(p.name for p in (self.root / "leftImg8bit").iterdir() if p.is_dir())
 
     def items(self, split: str) -> list[Item]:
-        if split not in self.splits():
-            raise self._unknown_split(split)
-        if split not in self._cache:
-            items = []
-            for city in sorted(p for p in (self.root / "leftImg8bit" / split).iterdir() if p.is_dir()):
-                for image in list_images(city, (".png",)):
-                    stem = image.name[: -len("_leftImg8bit.png")] if image.name.endswith("_leftImg8bit.png") else image.stem
-                    mask = None
-                    if split in self.labeled_splits:
-                        mask_path = self.root / self.label_folder / split / city.name / f"{stem}_{self.label_folder}_labelIds.png"
-                        if not mask_path.is_file():
-                            raise DataError(f"Cityscapes label file not found: {mask_path}")
-                        mask = str(mask_path)
-                    items.append({"id": stem, "group": city.name, "image": str(image), "mask": mask})
-            self._cache[split] = items
-        return self._cache[split]
+        return self.cached_items(split, lambda: self._scan(split))
+
+    def _scan(self, split: str) -> list[Item]:
+        items = []
+        for city in sorted(p for p in (self.root / "leftImg8bit" / split).iterdir() if p.is_dir()):
+            for image in list_images(city, (".png",)):
+                stem = image.name[: -len("_leftImg8bit.png")] if image.name.endswith("_leftImg8bit.png") else image.stem
+                mask = None
+                if split in self.labeled_splits:
+                    mask_path = self.root / self.label_folder / split / city.name / f"{stem}_{self.label_folder}_labelIds.png"
+                    if not mask_path.is_file():
+                        raise DataError(f"Cityscapes label file not found: {mask_path}")
+                    mask = str(mask_path)
+                items.append({"id": stem, "group": city.name, "image": str(image), "mask": mask})
+        return items
 
     def load(self, item: Item) -> Sample:
         image = adapt_channels(read_image(item["image"]), 3, item["image"])
@@ -109,24 +107,23 @@ class CamVidAdapter(Adapter):
         if group not in ("sequence", "image"):
             raise ConfigError(f"data.params.group must be sequence or image, got '{group}'")
         self._splits, self.group = list(splits), group
-        self._cache: dict[str, list[Item]] = {}
 
     def splits(self) -> list[str]:
         return list(self._splits)
 
     def items(self, split: str) -> list[Item]:
-        if split not in self._splits:
-            raise self._unknown_split(split)
-        if split not in self._cache:
-            annot = self.root / f"{split}annot"
-            items = []
-            for image in list_images(self.root / split):
-                mask = annot / f"{image.stem}.png"
-                if not mask.is_file():
-                    raise DataError(f"CamVid mask not found for {image}: {mask}")
-                items.append({"id": image.stem, "group": image.stem.split("_")[0] if self.group == "sequence" else image.stem, "image": str(image), "mask": str(mask)})
-            self._cache[split] = items
-        return self._cache[split]
+        return self.cached_items(split, lambda: self._scan(split))
+
+    def _scan(self, split: str) -> list[Item]:
+        annot = self.root / f"{split}annot"
+        items = []
+        for image in list_images(self.root / split):
+            mask = annot / f"{image.stem}.png"
+            if not mask.is_file():
+                raise DataError(f"CamVid mask not found for {image}: {mask}")
+            group = image.stem.split("_")[0] if self.group == "sequence" else image.stem
+            items.append({"id": image.stem, "group": group, "image": str(image), "mask": str(mask)})
+        return items
 
     def load(self, item: Item) -> Sample:
         image = adapt_channels(read_image(item["image"]), 3, item["image"])

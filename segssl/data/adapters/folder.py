@@ -70,17 +70,12 @@ class FolderAdapter(Adapter):
                     f"split '{name}' must be {{images: DIR, masks: DIR, list: FILE}}; got keys {sorted(spec)}"
                 )
         self._splits = dict(splits)
-        self._cache: dict[str, list[Item]] = {}
 
     def splits(self) -> list[str]:
         return list(self._splits)
 
     def items(self, split: str) -> list[Item]:
-        if split not in self._splits:
-            raise self._unknown_split(split)
-        if split not in self._cache:
-            self._cache[split] = self._scan(split, self._splits[split])
-        return self._cache[split]
+        return self.cached_items(split, lambda: self._scan(split, self._splits[split]))
 
     def _scan(self, split: str, spec: dict[str, str]) -> list[Item]:
         images = list_images(self.root / spec["images"], self.extensions)
