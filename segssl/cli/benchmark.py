@@ -1,6 +1,6 @@
 """segssl-benchmark: label-efficiency suites, resumable across sessions and machines.
 
-  python tools/benchmark.py --suite benchmarks/suites/camvid_cpu.yaml [--only METHOD ...] [--report-only]
+  python tools/benchmark.py --suite benchmarks/suites/camvid_cpu.yaml [--only METHOD ...] [--labels 1/8 all] [--report-only]
 
 Each row (method x labeled subset x seed) is one ``tools/train.py`` run in its own work
 directory. A finished row leaves ``benchmarks/results/<suite>/runs/<row>.json`` (small, meant
@@ -60,10 +60,20 @@ def load_suite(path: Path) -> Suite:
     return suite
 
 
-def rows(suite: Suite, only: Optional[list[str]] = None) -> list[Row]:
+def rows(suite: Suite, only: Optional[list[str]] = None, labels: Optional[list[str]] = None) -> list[Row]:
+    """All rows in run order; ``only``/``labels`` keep the given methods / labeled subsets, in the order given."""
     out = [Row(suite.upper_method, "all", s) for s in suite.seeds]
     out += [Row(m, label, s) for label in suite.labeled for m in suite.configs for s in suite.seeds]
-    return [r for r in out if not only or r.method in only]
+    for wanted in (labels or []):
+        if wanted != "all" and wanted not in suite.labeled:
+            raise ConfigError(f"--labels {wanted}: the suite has {', '.join(['all', *suite.labeled])}")
+    for wanted in (only or []):
+        if wanted not in suite.configs:
+            raise ConfigError(f"--only {wanted}: the suite has {', '.join(suite.configs)}")
+    out = [r for r in out if (not only or r.method in only) and (not labels or r.label in labels)]
+    if only:  # the caller's order decides which row runs first (the most informative one)
+        out.sort(key=lambda r: only.index(r.method))
+    return out
 
 
 def commit_id() -> str:
@@ -133,7 +143,8 @@ def report(suite: Suite, results: Path) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="segssl-benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", required=True, help="suite YAML")
-    parser.add_argument("--only", nargs="*", help="run only these methods")
+    parser.add_argument("--only", nargs="*", help="run only these methods, in this order")
+    parser.add_argument("--labels", nargs="*", help="run only these labeled subsets (e.g. 1/8 all)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the table from stored results")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="results folder (committed)")
     parser.add_argument("--work-root", help="run directories with checkpoints (default: the suite's work_root)")
@@ -142,7 +153,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = Path(args.results) / suite.name
     work_root = Path(args.work_root) if args.work_root else REPO / suite.work_root
     if not args.report_only:
-        for row in rows(suite, args.only):
+        for row in rows(suite, args.only, args.labels):
             if (results / "runs" / f"{row.key}.json").exists():
                 print(f"skip {row.key}: done")
                 continue
