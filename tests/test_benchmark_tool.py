@@ -8,39 +8,135 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segssl.cli.benchmark import Row, Suite, main, report
+from segssl.benchmark.report import gap_closed, markdown, write_report
+from segssl.benchmark.suite import MethodEntry, Row, Suite, load_suite, rows, still_rising
+from segssl.cli.benchmark import main
+from segssl.errors import ConfigError
 
 from .helpers import tiny_config
 
 
-def _result(method: str, label: str, test_miou: float) -> dict:
-    return {"row": {"method": method, "label": label, "seed": 0}, "best_val_miou": test_miou, "best_step": 2,
-            "test": {"miou": test_miou}, "train_seconds": 1.0}
+def _result(method: str, label: str, test_miou: float, seed: int = 0) -> dict:
+    return {"row": {"method": method, "label": label, "seed": seed}, "best_val_miou": test_miou, "best_step": 2,
+            "test": {"miou": test_miou}, "train_seconds": 60.0, "diagnostics": {"mask_ratio": 0.5, "pl_acc": 0.8}}
 
 
-def test_report_gap_closed_by_hand(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    for method, label, value in (("supervised", "all", 0.60), ("supervised", "1/8", 0.40), ("fixmatch", "1/8", 0.55)):
-        (runs / f"{Row(method, label, 0).key}.json").write_text(json.dumps(_result(method, label, value)))
-    suite = Suite(name="t", configs={"supervised": "a", "fixmatch": "b"}, labeled={"1/8": 2})
-    table = report(suite, runs)
-    fixmatch_row = next(line for line in table.splitlines() if line.startswith("| fixmatch"))
-    assert "| 75% |" in fixmatch_row  # (0.55 - 0.40) / (0.60 - 0.40)
-    assert "| 0% |" in next(line for line in table.splitlines() if line.startswith("| supervised | 1/8"))
+def _suite() -> Suite:
+    return Suite(name="t", configs={"supervised": MethodEntry("a"), "fixmatch": MethodEntry("b")}, labeled={"1/8": 2})
+
+
+def _line(table: str, start: str) -> str:
+    return next(line for line in table.splitlines() if line.startswith(start))
+
+
+def test_report_gap_closed_by_hand() -> None:
+    found = [_result("supervised", "all", 0.60), _result("supervised", "1/8", 0.40), _result("fixmatch", "1/8", 0.55)]
+    table = markdown(_suite(), found, "cmd")
+    assert "| 75% |" in _line(table, "| fixmatch")  # (0.55 - 0.40) / (0.60 - 0.40)
+    assert "| 0% |" in _line(table, "| supervised | 1/8")
+    assert "0.50 | 0.80 | 1 |" in _line(table, "| fixmatch")  # diagnostics and minutes
+    assert gap_closed(0.5, 0.4, 0.4) is None  # no gap: no share
+
+
+def test_report_spread_over_seeds_and_missing_rows() -> None:
+    found = [_result("supervised", "all", 0.60), _result("supervised", "1/8", 0.40),
+             _result("fixmatch", "1/8", 0.50, seed=0), _result("fixmatch", "1/8", 0.60, seed=1)]
+    table = markdown(_suite(), found, "cmd")
+    row = _line(table, "| fixmatch")
+    assert "0.550 ± 0.071" in row  # sample sd of 0.50 and 0.60
+    assert "75% ± 35%" in row  # shares 50% and 100%
+    partial = markdown(_suite(), found[:1], "cmd")
+    assert "Not run yet (2): supervised__1of8__s0, fixmatch__1of8__s0" in partial
+
+
+def test_still_rising_rule() -> None:
+    assert still_rising([(100, 0.3), (400, 0.5), (500, 0.52)], steps=500) is True
+    assert still_rising([(100, 0.3), (400, 0.5), (500, 0.503)], steps=500) is False
+    assert still_rising([(500, 0.5)], steps=500) is None
+
+
+def test_rows_filters_and_order(tmp_path: Path) -> None:
+    suite = Suite(name="t", configs={"supervised": MethodEntry("a"), "fixmatch": MethodEntry("b")},
+                  labeled={"1/8": 2, "1/4": 4}, seeds=[0, 1])
+    keys = [r.key for r in rows(suite, ["fixmatch", "supervised"], ["1/8", "all"])]
+    assert keys == ["fixmatch__1of8__s0", "fixmatch__1of8__s1", "supervised__all__s0", "supervised__all__s1",
+                    "supervised__1of8__s0", "supervised__1of8__s1"]
+    with pytest.raises(ConfigError, match="--labels 1/3"):
+        rows(suite, labels=["1/3"])
+    with pytest.raises(ConfigError, match="--only cps"):
+        rows(suite, only=["cps"])
+
+
+def test_suite_file_errors_name_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "configs": {"supervised": "configs/demo.yaml"}, "labeled": {"a": 1}, "seed": 1}))
+    with pytest.raises(ConfigError, match="unknown key.*seed"):
+        load_suite(path)
+    path.write_text(yaml.safe_dump({"name": "s", "configs": {"supervised": "configs/nope.yaml"}, "labeled": {"a": 1}}))
+    with pytest.raises(ConfigError, match="config of 'supervised' not found: configs/nope.yaml"):
+        load_suite(path)
+    path.write_text(yaml.safe_dump({"name": "s", "configs": {"supervised": {"config": "configs/demo.yaml", "set": ["method.name=fixmatch"]}},
+                                    "labeled": {"a": 1}}))
+    assert load_suite(path).configs["supervised"].overrides == ["method.name=fixmatch"]
+
+
+def test_real_suites_load() -> None:
+    suites = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "suites").glob("*.yaml"))
+    assert suites
+    for path in suites:
+        suite = load_suite(path)
+        assert suite.upper_method in suite.configs and suite.labeled
+
+
+def test_write_report_files(tmp_path: Path) -> None:
+    runs = tmp_path / "t" / "runs"
+    runs.mkdir(parents=True)
+    for r in (_result("supervised", "all", 0.60), _result("supervised", "1/8", 0.40), _result("fixmatch", "1/8", 0.55)):
+        (runs / f"{Row(r['row']['method'], r['row']['label'], 0).key}.json").write_text(json.dumps(r))
+    write_report(_suite(), tmp_path / "t", "python tools/benchmark.py --suite x")
+    assert (tmp_path / "t" / "results.md").read_text().startswith("# t")
+    cells = json.loads((tmp_path / "t" / "results.json").read_text())["cells"]
+    assert [(c["method"], c["label"], c["test_miou"]) for c in cells] == [
+        ("supervised", "all", [0.6]), ("supervised", "1/8", [0.4]), ("fixmatch", "1/8", [0.55])]
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "t" / "label_efficiency.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
 def test_suite_runs_rows_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tiny_config(tmp_path, **{"train.max_steps": 2, "train.eval_every": 2})
     suite = tmp_path / "suite.yaml"
-    suite.write_text(yaml.safe_dump({"name": "tiny", "configs": {"supervised": str(config)}, "labeled": {"half": 8}}))
-    args = ["--suite", str(suite), "--results", str(tmp_path / "results"), "--work-root", str(tmp_path / "work")]
+    suite.write_text(yaml.safe_dump({"name": "tiny", "configs": {
+        "supervised": str(config), "fixmatch": {"config": str(config), "set": ["method.name=fixmatch"]}}, "labeled": {"half": 8}}))
+    args = ["--suite", str(suite), "--results", str(tmp_path / "results"), "--work-root", str(tmp_path / "work"),
+            "--jobs", "2", "--only", "supervised"]
     assert main(args) == 0
     stored = sorted(p.name for p in (tmp_path / "results" / "tiny" / "runs").iterdir())
     assert stored == ["supervised__all__s0.json", "supervised__half__s0.json"]
     result = json.loads((tmp_path / "results" / "tiny" / "runs" / stored[1]).read_text())
     assert result["steps"] == 2 and 0 <= result["test"]["miou"] <= 1 and "data.split.labeled=8" in result["command"]
-    assert main(args) == 0
-    assert capsys.readouterr().out.count("skip ") == 2
+    assert result["val_curve"] == [[2, result["best_val_miou"]]] or result["val_curve"][-1][0] == 2
+    assert (tmp_path / "work" / "tiny" / "supervised__half__s0.log").is_file()  # --jobs 2: one log per row
+    assert main(args[:-2] + ["--labels", "half"]) == 0  # runs the fixmatch row only: the others are stored
+    out = capsys.readouterr().out
+    assert out.count("skip ") == 1 and "run fixmatch__half__s0" in out
+    fixmatch = json.loads((tmp_path / "results" / "tiny" / "runs" / "fixmatch__half__s0.json").read_text())
+    assert "method.name=fixmatch" in fixmatch["command"] and fixmatch["diagnostics"]["mask_ratio"] is not None
     assert (tmp_path / "results" / "tiny" / "results.md").read_text().startswith("# tiny")
+
+
+def test_real_suite_rows_build_valid_configs() -> None:
+    """Every row of every committed suite gives a config train.py accepts, method params included."""
+    from segssl.benchmark.suite import REPO, row_command
+    from segssl.cli.train import build_config, parse_args
+    from segssl.config import params_from_dict
+    from segssl.methods import METHODS
+
+    for path in sorted((REPO / "benchmarks" / "suites").glob("*.yaml")):
+        suite = load_suite(path)
+        for row in rows(suite):
+            argv = row_command(suite, row, Path("/nonexistent/work"), [])[2:]
+            cfg = build_config(parse_args([a if not a.startswith("configs/") else str(REPO / a) for a in argv]))
+            method = METHODS.get(cfg.method.name)
+            params_from_dict(method.Params, cfg.method.params, f"method '{cfg.method.name}'")
+            assert cfg.train.max_steps >= 2000, (path.name, row.key)

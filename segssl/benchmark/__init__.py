@@ -1,0 +1,1 @@
+"""Label-efficiency benchmark suites: rows, runner and report (see benchmarks/README.md)."""

@@ -1,0 +1,161 @@
+"""Suite report: Markdown table, aggregate JSON and label-efficiency plot from stored row results."""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .suite import Row, Suite, rows
+
+
+def load_results(runs: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
+
+
+def _mean(values: list[float]) -> Optional[float]:
+    return statistics.mean(values) if values else None
+
+
+def _sd(values: list[float]) -> Optional[float]:
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def gap_closed(value: float, lower: float, upper: float) -> Optional[float]:
+    """Share of the lower-to-upper gap a method closes: (method - lower) / (upper - lower)."""
+    return (value - lower) / (upper - lower) if upper > lower else None
+
+
+@dataclass
+class Cell:
+    """All seeds of one (method, labeled subset)."""
+    method: str
+    label: str
+    runs: list[dict[str, Any]]
+
+    def test(self, key: str = "miou") -> list[float]:
+        return [r["test"][key] for r in self.runs if r["test"].get(key) is not None]
+
+    def diagnostic(self, key: str) -> Optional[float]:
+        return _mean([r["diagnostics"][key] for r in self.runs if (r.get("diagnostics") or {}).get(key) is not None])
+
+
+def cells(suite: Suite, found: list[dict[str, Any]]) -> list[Cell]:
+    """Cells in the suite's row order (upper bound first, then by labeled subset and method)."""
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in found:
+        by.setdefault((r["row"]["method"], r["row"]["label"]), []).append(r)
+    order = list(dict.fromkeys((row.method, row.label) for row in rows(suite)))
+    order += [k for k in by if k not in order]
+    return [Cell(m, lab, by[(m, lab)]) for m, lab in order if (m, lab) in by]
+
+
+def _fmt(value: Optional[float], spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(suite: Suite, found: list[dict[str, Any]], command: str) -> str:
+    table = cells(suite, found)
+    upper = next((c for c in table if c.method == suite.upper_method and c.label == "all"), None)
+    upper_test = _mean(upper.test()) if upper else None
+    has_dice = any(c.test("mdice") for c in table)
+    head = ["method", "labeled", "seeds", "checkpoint: best val mIoU @ step", "test mIoU (mean ± sd)"]
+    head += ["test mDice"] if has_dice else []
+    head += ["gap closed (test)", "mask ratio", "PL acc", "train min"]
+    lines = [f"# {suite.name}", ""]
+    if suite.description:
+        lines += [suite.description, ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cell in table:
+        tests = cell.test()
+        lower = next((c for c in table if c.method == suite.upper_method and c.label == cell.label), None)
+        lower_test = _mean(lower.test()) if lower else None
+        gap = "-"
+        if cell.label != "all" and tests and upper_test is not None and lower_test is not None:
+            shares = [gap_closed(t, lower_test, upper_test) for t in tests]
+            if all(s is not None for s in shares):
+                sd = _sd(shares)  # type: ignore[arg-type]
+                gap = f"{statistics.mean(shares):.0%}" + (f" ± {sd:.0%}" if sd is not None else "")  # type: ignore[arg-type]
+        sd = _sd(tests)
+        cols = [cell.method, cell.label, str(len(cell.runs)),
+                ", ".join(f"{r['best_val_miou']:.3f} @ {r['best_step']}" + (" (still rising)" if r.get("val_still_rising") else "")
+                          for r in cell.runs),
+                _fmt(_mean(tests)) + (f" ± {sd:.3f}" if sd is not None else "")]
+        cols += [_fmt(_mean(cell.test("mdice")))] if has_dice else []
+        cols += [gap, _fmt(cell.diagnostic("mask_ratio"), ".2f"), _fmt(cell.diagnostic("pl_acc"), ".2f"),
+                 _fmt(_mean([r["train_seconds"] / 60 for r in cell.runs]), ".0f")]
+        lines.append("| " + " | ".join(cols) + " |")
+    missing = [r.key for r in rows(suite) if not any(
+        f["row"]["method"] == r.method and f["row"]["label"] == r.label and f["row"]["seed"] == r.seed for f in found)]
+    commits = sorted({r.get("commit", "?") for r in found})
+    machines = sorted({r.get("machine", "?") for r in found})
+    lines += [
+        "",
+        f"Lower bound: `{suite.upper_method}` on the same labeled subset; upper bound: `{suite.upper_method}` on all "
+        "training labels. Every number comes from the row's best-validation-mIoU checkpoint, tested once. "
+        "Mask ratio / PL acc: share of unlabeled pixels given a pseudo-label and their accuracy against the hidden "
+        "ground truth, averaged over the last fifth of training. \"still rising\": best val mIoU in the last fifth "
+        "of training beat the earlier best by more than 0.005.",
+        "",
+        f"Report built by `{command}`; each row's own train command is in `runs/<row>.json`. Commits: {', '.join(commits)}. "
+        f"Machines: {'; '.join(machines)}.",
+    ]
+    if missing:
+        lines += ["", f"Not run yet ({len(missing)}): {', '.join(missing)}."]
+    return "\n".join(lines)
+
+
+def aggregate(suite: Suite, found: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"suite": suite.name, "cells": [
+        {"method": c.method, "label": c.label, "seeds": [r["row"]["seed"] for r in c.runs],
+         "test_miou": c.test(), "test_mdice": c.test("mdice"), "best_val_miou": [r["best_val_miou"] for r in c.runs],
+         "best_step": [r["best_step"] for r in c.runs]} for c in cells(suite, found)]}
+
+
+def plot(suite: Suite, found: list[dict[str, Any]], path: Path) -> Optional[str]:
+    """Label-efficiency curve (test mIoU against labeled images, one line per method).
+
+    Returns why no plot was written (matplotlib is the optional ``bench`` extra), else None."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is not installed (pip install 'segssl[bench]')"
+    table = cells(suite, found)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    order = list(suite.labeled)
+    for method in dict.fromkeys(c.method for c in table if c.label != "all"):
+        points = sorted((order.index(c.label), _mean(c.test())) for c in table
+                        if c.method == method and c.label in suite.labeled and c.test())
+        if points:
+            ax.plot([suite.labeled[order[i]] for i, _ in points], [v for _, v in points], marker="o", label=method)
+    upper = next((c for c in table if c.method == suite.upper_method and c.label == "all" and c.test()), None)
+    if upper:
+        ax.axhline(_mean(upper.test()), color="gray", linestyle="--", label=f"{suite.upper_method}, all labels")
+    ax.set_xscale("log")
+    ax.set_xticks([suite.labeled[k] for k in order], [f"{k} ({suite.labeled[k]})" for k in order])
+    ax.set_xlabel("labeled training images")
+    ax.set_ylabel("test mIoU (best-val checkpoint)")
+    ax.set_title(suite.name)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def write_report(suite: Suite, folder: Path, command: str) -> str:
+    """Write results.md, results.json and label_efficiency.png into the suite's results folder."""
+    found = load_results(folder / "runs")
+    table = markdown(suite, found, command)
+    (folder / "results.md").write_text(table + "\n")
+    (folder / "results.json").write_text(json.dumps(aggregate(suite, found), indent=2) + "\n")
+    note = plot(suite, found, folder / "label_efficiency.png") if found else "no plot: no finished rows"
+    return table + (f"\n\n{note}" if note else f"\n\nplot: {folder / 'label_efficiency.png'}")
+
+
+__all__ = ["Row", "aggregate", "cells", "gap_closed", "load_results", "markdown", "plot", "write_report"]

@@ -1,0 +1,183 @@
+"""A suite = methods x labeled subsets x seeds, each row one ``tools/train.py`` run.
+
+Rows are resumable at two levels: a finished row leaves a small JSON (committed) and is skipped
+next time; an interrupted row resumes its training from the run's last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from ..config import read_yaml
+from ..errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+SUITE_KEYS = {"name", "description", "configs", "labeled", "seeds", "overrides", "upper_method", "work_root"}
+
+
+@dataclass
+class MethodEntry:
+    config: str  # a tools/train.py config (the method's defaults live there)
+    overrides: list[str] = field(default_factory=list)  # e.g. method.name=fixmatch on a dataset's base config
+
+
+@dataclass
+class Suite:
+    name: str
+    configs: dict[str, MethodEntry]
+    labeled: dict[str, Union[int, float]]  # row label (e.g. "1/8") -> data.split.labeled
+    seeds: list[int] = field(default_factory=lambda: [0])
+    overrides: list[str] = field(default_factory=list)  # --set applied to every row
+    upper_method: str = "supervised"  # trained on all labels: the upper bound
+    work_root: str = "runs/benchmarks"  # checkpoints (not committed)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    label: str  # labeled-subset label or "all"
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}__{self.label.replace('/', 'of')}__s{self.seed}"
+
+
+def _entry(path: Path, method: str, raw: Any) -> MethodEntry:
+    if isinstance(raw, str):
+        entry = MethodEntry(raw)
+    elif isinstance(raw, dict) and set(raw) <= {"config", "set"} and "config" in raw:
+        entry = MethodEntry(str(raw["config"]), [str(o) for o in raw.get("set") or []])
+    else:
+        raise ConfigError(f"suite {path}: configs.{method} must be a config path or {{config: PATH, set: [key=value, ...]}}")
+    if not (REPO / entry.config).is_file():
+        raise ConfigError(f"suite {path}: config of '{method}' not found: {entry.config}")
+    return entry
+
+
+def load_suite(path: Path) -> Suite:
+    raw = read_yaml(path)
+    unknown = sorted(set(raw) - SUITE_KEYS)
+    if unknown:
+        raise ConfigError(f"suite {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(SUITE_KEYS))}")
+    for key in ("name", "configs", "labeled"):
+        if key not in raw:
+            raise ConfigError(f"suite {path}: missing key '{key}'")
+    suite = Suite(
+        name=str(raw["name"]), configs={m: _entry(path, m, c) for m, c in dict(raw["configs"]).items()},
+        labeled=dict(raw["labeled"]), seeds=[int(s) for s in raw.get("seeds", [0])],
+        overrides=[str(o) for o in raw.get("overrides") or []], upper_method=str(raw.get("upper_method", "supervised")),
+        work_root=str(raw.get("work_root", "runs/benchmarks")), description=str(raw.get("description", "")).strip(),
+    )
+    if suite.upper_method not in suite.configs:
+        raise ConfigError(f"suite {path}: upper_method '{suite.upper_method}' has no config")
+    return suite
+
+
+def rows(suite: Suite, only: Optional[list[str]] = None, labels: Optional[list[str]] = None) -> list[Row]:
+    """All rows in run order; ``only``/``labels`` keep the given methods / labeled subsets, in the order given."""
+    out = [Row(suite.upper_method, "all", s) for s in suite.seeds]
+    out += [Row(m, label, s) for label in suite.labeled for m in suite.configs for s in suite.seeds]
+    for wanted in labels or []:
+        if wanted != "all" and wanted not in suite.labeled:
+            raise ConfigError(f"--labels {wanted}: the suite has {', '.join(['all', *suite.labeled])}")
+    for wanted in only or []:
+        if wanted not in suite.configs:
+            raise ConfigError(f"--only {wanted}: the suite has {', '.join(suite.configs)}")
+    out = [r for r in out if (not only or r.method in only) and (not labels or r.label in labels)]
+    if only:  # the caller's order decides which row runs first (the most informative one)
+        out.sort(key=lambda r: only.index(r.method))
+    return out
+
+
+def commit_id() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return out or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
+
+
+def row_command(suite: Suite, row: Row, work: Path, extra: list[str]) -> list[str]:
+    entry = suite.configs[row.method]
+    labeled = "null" if row.label == "all" else str(suite.labeled[row.label])
+    overrides = [*entry.overrides, f"data.split.labeled={labeled}", f"train.seed={row.seed}", *suite.overrides, *extra]
+    command = [sys.executable, "tools/train.py", "--config", entry.config, "--work-dir", str(work)]
+    command += [a for o in overrides for a in ("--set", o)]
+    if (work / "checkpoints" / "last.pt").exists():
+        command.append("--resume")
+    return command
+
+
+def _diagnostics(metrics: list[dict[str, Any]], steps: int) -> dict[str, Optional[float]]:
+    """Unlabeled-stream diagnostics averaged over the last fifth of training (None if not logged)."""
+    late = [m for m in metrics if m.get("split") == "train" and m["step"] > 0.8 * steps]
+    out: dict[str, Optional[float]] = {}
+    for key in ("mask_ratio", "pl_acc", "mean_conf"):
+        values = [m[key] for m in late if m.get(key) is not None]
+        out[key] = sum(values) / len(values) if values else None
+    return out
+
+
+def still_rising(curve: list[tuple[int, float]], steps: int, tolerance: float = 0.005) -> Optional[bool]:
+    """Did val mIoU rise over the last fifth of training (best there > best before + tolerance)?"""
+    before = [v for s, v in curve if s <= 0.8 * steps]
+    late = [v for s, v in curve if s > 0.8 * steps]
+    if not before or not late:
+        return None
+    return max(late) > max(before) + tolerance
+
+
+def collect_result(suite: Suite, row: Row, work: Path, command: list[str], seconds: float) -> dict[str, Any]:
+    summary = json.loads((work / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    curve = [(m["step"], m["miou"]) for m in metrics if m.get("split") == "val" and "miou" in m]
+    test = summary.get("test", {})
+    return {
+        "suite": suite.name, "row": {"method": row.method, "label": row.label, "seed": row.seed},
+        "command": " ".join(["python", *command[1:]]), "commit": commit_id(), "machine": machine(),
+        "checkpoint": f"best val {summary['best']['metric']} (step {summary['best']['step']})",
+        "best_val_miou": summary["best"]["value"], "best_step": summary["best"]["step"],
+        "last_val_miou": curve[-1][1] if curve else None, "val_curve": curve,
+        "val_still_rising": still_rising(curve, summary["steps"]),
+        "test": {k: test.get(k) for k in ("miou", "mdice", "pixel_acc", "iou", "dice")},
+        "diagnostics": _diagnostics(metrics, summary["steps"]),
+        "seconds_this_session": round(seconds, 1), "train_seconds": summary["seconds"], "steps": summary["steps"],
+    }
+
+
+def run_row(suite: Suite, row: Row, results: Path, work_root: Path, extra: Optional[list[str]] = None,
+            log_file: Optional[Path] = None) -> dict[str, Any]:
+    """Train one row (resuming if it was interrupted) and store its result JSON."""
+    work = work_root / suite.name / row.key
+    command = row_command(suite, row, work, extra or [])
+    started = time.time()
+    if log_file is None:
+        proc = subprocess.run(command, cwd=REPO)
+    else:  # parallel rows: one log per row instead of interleaved progress bars
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with log_file.open("a") as log:
+            proc = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        where = f" (log: {log_file})" if log_file else ""
+        raise RuntimeError(f"row {row.key} failed (exit {proc.returncode}){where}: {' '.join(command)}")
+    result = collect_result(suite, row, work, command, time.time() - started)
+    results.mkdir(parents=True, exist_ok=True)
+    tmp = results / f".{row.key}.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(results / f"{row.key}.json")
+    return result
