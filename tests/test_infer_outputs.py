@@ -399,12 +399,3 @@ def test_large_raster_has_bounded_memory(tmp_path: Path) -> None:
         assert src.crs.to_epsg() == 3857 and src.block_shapes[0] == (256, 256)
     assert np.mean(mask == whole) > 0.99  # window-edge padding tips a few near-ties
     assert np.load(out / "big_conf.npy", mmap_mode="r").shape == (size, size)
-
-
-def test_runs_with_adapter_preprocessing_are_refused(tmp_path: Path) -> None:
-    from segssl.engine.inference import check_preprocessing
-    from segssl.errors import SegsslError
-
-    check_preprocessing({"preprocess": {"band_stats": None, "bands": None, "scale": 1.0}}, tmp_path)  # nothing active
-    with pytest.raises(SegsslError, match="window"):
-        check_preprocessing({"preprocess": {"intensity": "ct", "window": [-100, 400]}}, tmp_path)

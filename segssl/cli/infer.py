@@ -11,6 +11,11 @@ contain an input:
   NIfTI volume       -> index-mask NIfTI with the input's affine and header (2-D slices along --axis)
 with --color, --overlay and --confidence adding <stem>_color, <stem>_overlay and <stem>_conf.
 Rasters over --max-pixels are read and predicted window by window (bounded memory).
+Inputs get the preprocessing the run's adapter applied in training, from the steps recorded
+in the run: NIfTI reorientation to RAS+ and intensity (CT window, percentiles, z-score; masks
+are written back on the input's voxel grid), raster band selection, scale and band statistics
+(the training split's). Steps that cannot be reproduced for an input are reported and that
+file is skipped (e.g. data.params.scale over --max-pixels, a 2-D image for a NIfTI run).
 summary.csv and summary.json list every file: status, size, mean confidence, class fractions.
 A file that cannot be read is reported and skipped; the exit status is 1 when any file failed.
 """
@@ -54,7 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap in [0, 1) (default 0.25)")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096,
                    help="larger images are predicted window by window, never whole (default 4096*4096)")
-    p.add_argument("--axis", type=int, choices=[0, 1, 2], help="NIfTI slice axis (default: the training axis, else 2)")
+    p.add_argument("--axis", type=int, choices=[0, 1, 2],
+                   help="NIfTI slice axis (default: the training axis of a nifti run, in RAS+ when it reoriented; else 2)")
     p.add_argument("--color", action="store_true", help="also write colour masks with the run's palette")
     p.add_argument("--overlay", action="store_true", help="also write the mask blended over the image")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             todo.append(job)
     options = BatchOptions(outputs=outputs, batch_size=args.batch_size, window=window, overlap=args.overlap,
-                           max_pixels=args.max_pixels, axis=args.axis if args.axis is not None else int(run.meta.get("slice_axis", 2)),
+                           max_pixels=args.max_pixels, axis=args.axis if args.axis is not None else predictor.slice_axis,
                            workers=args.workers)
     with tqdm(total=len(todo), desc="infer", unit="img", dynamic_ncols=True, smoothing=0.05) as bar:
         try:

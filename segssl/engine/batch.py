@@ -5,6 +5,8 @@ GIL), one writer thread encodes outputs, so the device is rarely idle. A file th
 read or has the wrong channel count becomes a failed summary row and the job goes on. Images
 above ``max_pixels`` and all rasters above it go through the windowed path of
 ``large_raster`` (rasters are never read whole); NIfTI volumes are predicted slice by slice.
+Every input gets the run's adapter preprocessing (``ImagePredictor.prepare``/``prepare_volume``)
+in the reader threads; outputs stay on the input's grid (raster transform, NIfTI affine).
 """
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ from tqdm import tqdm
 
 from ..data.io import read_image
 from ..errors import SegsslError
-from .inference import ClassStats, ImagePredictor, Prediction
+from .inference import ClassStats, ImagePredictor, Prediction, VolumeInput
 from .large_raster import predict_rows, window_starts
 from .outputs import Display, ImageOutputs, OutputOptions, palette_lut, write_volume
-from .sources import Raster, read_volume, volume_slices
+from .sources import Raster, read_volume
 from .summary import Summary
 
 DEFAULT_TILE = 512  # window of the large-raster path when --window is not given
@@ -43,12 +45,12 @@ class Job:
 @dataclass
 class Loaded:
     job: Job
-    image: Optional[np.ndarray] = None  # H x W x C with the model's channel count
-    tensor: Optional[torch.Tensor] = None  # the image normalised for the model, made by the reader
+    image: Optional[np.ndarray] = None  # H x W x C as read (the run's bands): size and overlays of the outputs
+    tensor: Optional[torch.Tensor] = None  # the image prepared and normalised for the model, made by the reader
     valid: Optional[np.ndarray] = None  # raster pixels that carry data (None: all)
     georef: dict[str, Any] = field(default_factory=dict)
     raster: Optional[Raster] = None  # an open raster for the windowed path
-    volume: Optional[tuple[list[np.ndarray], Any]] = None  # (slices, nibabel image)
+    volume: Optional[VolumeInput] = None
     error: Optional[str] = None
     channels: int = 0  # channel count of the file (before matching the model's)
 
@@ -126,30 +128,33 @@ class BatchInference:
     def _load(self, job: Job) -> Loaded:
         if job.error is not None:
             return Loaded(job, error=job.error)
-        check = self.predictor.check_channels
+        pred = self.predictor
         try:
             if job.kind == "image":
                 raw = read_image(job.path)
-                image = check(raw, job.path)
+                image = pred.select(raw, job.path)
                 if image.shape[0] * image.shape[1] > self.opts.max_pixels:  # PNG/JPEG cannot be read in windows
+                    pred.check_windowed(job.path, image.shape[0], image.shape[1])
+                    pred.prepare(image[:1, :1], job.path)  # fail early on a wrong band count
                     return Loaded(job, image=image, raster=_ArrayRaster(image), channels=raw.shape[2])  # type: ignore[arg-type]
-                return Loaded(job, image=image, tensor=self.predictor.tensor(image), channels=raw.shape[2])
+                return Loaded(job, image=image, tensor=pred.tensor(pred.prepare(image, job.path)), channels=raw.shape[2])
             if job.kind == "raster":
-                raster = Raster(job.path)
+                raster = Raster(job.path, pred.bands)
                 if raster.height * raster.width > self.opts.max_pixels:
                     try:
-                        check(raster.read(0, 1, 0, 1), job.path)  # fail early on a wrong band count
+                        pred.check_windowed(job.path, raster.height, raster.width)
+                        pred.prepare(raster.read(0, 1, 0, 1), job.path)  # fail early on a wrong band count
                     except BaseException:
                         raster.close()
                         raise
                     return Loaded(job, raster=raster, georef=raster.georef(), channels=raster.count)
                 with raster:
-                    image = check(raster.read(0, raster.height), job.path)
-                    return Loaded(job, image=image, tensor=self.predictor.tensor(image), channels=raster.count,
+                    image = raster.read(0, raster.height)
+                    return Loaded(job, image=image, tensor=pred.tensor(pred.prepare(image, job.path)), channels=raster.count,
                                   valid=raster.valid(0, raster.height), georef=raster.georef())
             data, nifti = read_volume(job.path)
-            slices = [check(s, job.path) for s in volume_slices(data, self.opts.axis)]
-            return Loaded(job, volume=(slices, nifti), channels=data.shape[3] if data.ndim == 4 else 1)
+            channels = data.shape[3] if data.ndim == 4 else 1
+            return Loaded(job, volume=pred.prepare_volume(data, nifti, self.opts.axis, job.path), channels=channels)
         except SegsslError as exc:
             return Loaded(job, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a decoder choking on a damaged file fails that file only
@@ -185,10 +190,10 @@ class BatchInference:
         item, job = items[0], items[0].job
         raster = item.raster
         assert raster is not None
-        check = self.predictor.check_channels
-        read = (lambda a, b: check(raster.read(a, b), job.path))  # noqa: E731
+        prepare = self.predictor.prepare
+        read = (lambda a, b: prepare(raster.read(a, b), job.path))  # noqa: E731  (pixel-wise: no scale here)
         opts = self.opts.outputs
-        display = Display(check(raster.overview(), job.path), opts.display_bands) if opts.overlay else None
+        display = Display(raster.overview(), opts.display_bands) if opts.overlay else None
         out = ImageOutputs(self.output, job.names, job.kind, raster.height, raster.width,
                            self.predictor.mask_dtype, self.lut, opts, item.georef, display)
         stats = ClassStats(self.predictor.num_classes)
@@ -196,7 +201,7 @@ class BatchInference:
         def emit(row0: int, mask: np.ndarray, confidence: np.ndarray) -> None:
             valid = raster.valid(row0, row0 + len(mask))
             stats.add(mask, confidence, valid)
-            out.write(row0, mask, confidence, read(row0, row0 + len(mask)) if opts.overlay else None, valid)
+            out.write(row0, mask, confidence, raster.read(row0, row0 + len(mask)) if opts.overlay else None, valid)
 
         window = self.opts.window or (DEFAULT_TILE, DEFAULT_TILE)
         total = len(window_starts(raster.height, window[0], self.opts.overlap)) * len(window_starts(raster.width, window[1], self.opts.overlap))
@@ -214,11 +219,14 @@ class BatchInference:
 
     def _volume(self, items: list[Loaded]) -> None:
         item, job = items[0], items[0].job
-        slices, nifti = item.volume  # type: ignore[misc]
+        volume = item.volume
+        assert volume is not None
+        slices = volume.slices
         bs, wants = max(1, self.opts.batch_size), self._wants_confidence()
         preds: list[Prediction] = []
         for i in range(0, len(slices), bs):
-            preds += self.predictor.predict(slices[i:i + bs], confidence=wants)
+            chunk = slices[i:i + bs]
+            preds += self.predictor.predict(chunk, confidence=wants, prepared=[self.predictor.tensor(s) for s in chunk])
         axis = self.opts.axis
         mask = np.stack([p.mask for p in preds], axis=axis)
         confidence = np.stack([p.confidence for p in preds], axis=axis) if wants else None  # type: ignore[misc]
@@ -229,7 +237,8 @@ class BatchInference:
         if self.opts.outputs.overlay:  # one stretch for the whole volume, from a few slices
             sample = np.concatenate([s.reshape(-1, 1, s.shape[2]) for s in slices[:: max(1, len(slices) // 16)]])
             display = Display(sample, self.opts.outputs.display_bands)
-        write_volume(self.output, job.names, nifti, mask, confidence, slices, axis, self.lut, self.opts.outputs, display)
+        write_volume(self.output, job.names, volume.nifti, mask, confidence, slices, axis, self.lut, self.opts.outputs,
+                     display, volume.to_input)
         height, width = slices[0].shape[:2]
         self._record({**self._row(job, stats, height, width, item.channels), "depth": len(slices)})
 

@@ -1,17 +1,21 @@
 """Load a trained run and predict masks for image arrays.
 
 The model is rebuilt from the run's resolved ``config.yaml`` and the checkpoint's ``meta``
-(classes, channels, normalisation), so inference never needs the training data. Batches of
-same-size images go through the model at once; the class map, the confidence (max softmax
-probability) and the per-class pixel counts are computed on the model's device, so only the
-small index mask (and the confidence map when asked for) travels back to the host.
+(classes, channels, normalisation, the adapter's preprocessing), so inference never needs the
+training data. Inputs go through the preprocessing the run's adapter applied in training, with
+the adapter's own code (``segssl.data.preprocess``): NIfTI reorientation and intensity, raster
+band selection, scale and band statistics.
+
+Batches of same-size images go through the model at once; the class map, the confidence (max
+softmax probability) and the per-class pixel counts are computed on the model's device, so only
+the small index mask (and the confidence map when asked for) travels back to the host.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,11 +24,13 @@ from torch import nn
 
 from ..config import Config, from_dict
 from ..data.io import adapt_channels, read_image
+from ..data.preprocess import RasterPreprocess, VolumePreprocess, from_meta as preprocess_from_meta, select_bands
 from ..data.views import ViewMaker, to_unit_float
-from ..errors import SegsslError
+from ..errors import DataError, SegsslError
 from ..models import build_model
 from .checkpoint import load_checkpoint
 from .predictor import Predictor
+from .sources import volume_slices
 
 
 @dataclass
@@ -36,17 +42,13 @@ class LoadedRun:
     checkpoint: Optional[Path] = None
 
 
-def check_preprocessing(meta: dict[str, Any], source: Path) -> None:
-    """Refuse runs whose adapter transformed images in ways inference does not replicate yet
-    (CT windowing, per-volume z-score, band statistics, band selection, rescaling): predicting on
-    raw values would silently give wrong masks."""
-    steps = meta.get("preprocess") or {}
-    active = {k: v for k, v in steps.items() if v not in (None, 1, 1.0, [], {})}
-    if active:
-        raise SegsslError(
-            f"{source} was trained with adapter preprocessing {active}, which tools/infer.py does not "
-            "apply yet; predicting on raw pixel values would give wrong masks"
-        )
+@dataclass
+class VolumeInput:
+    """A NIfTI volume ready for the model, slice by slice."""
+
+    slices: list[np.ndarray]  # model inputs along the slice axis, in the model's orientation
+    nifti: Any  # the input's nibabel image: the outputs take its affine and header
+    to_input: Callable[[np.ndarray], np.ndarray]  # a volume stacked from the slices -> the input's voxel grid
 
 
 def load_run(run_dir: str | Path | None, checkpoint: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
@@ -66,7 +68,10 @@ def load_run(run_dir: str | Path | None, checkpoint: str = "best", device: str |
             raise SegsslError(f"{path} is not a segssl checkpoint (no '{key}')")
     cfg = from_dict(Config, state["config"])
     meta = dict(state["meta"])
-    check_preprocessing(meta, path)
+    try:  # steps no inference code reproduces: refused before anything is read
+        preprocess_from_meta(meta, cfg.data.params)
+    except SegsslError as exc:
+        raise SegsslError(f"{path}: {exc}") from None
     if not meta.get("palette") and run_dir is not None and (Path(run_dir) / "meta.json").is_file():
         meta["palette"] = json.loads((Path(run_dir) / "meta.json").read_text()).get("palette")
     model = build_model(_offline(cfg).model, meta["in_channels"], meta["num_classes"])
@@ -169,6 +174,11 @@ class ImagePredictor:
         self.in_channels = int(run.meta["in_channels"])
         self.mask_dtype = index_mask_dtype(self.num_classes)
         self.views = ViewMaker(run.cfg.data, self.in_channels, train=False)
+        prep = preprocess_from_meta(run.meta, run.cfg.data.params)
+        self.volume_prep = prep if isinstance(prep, VolumePreprocess) else None
+        self.raster_prep = prep if isinstance(prep, RasterPreprocess) and prep.active else None
+        self.bands = self.raster_prep.bands if self.raster_prep is not None else None  # read from files
+        self.slice_axis = self.volume_prep.axis if self.volume_prep is not None else 2  # training's
         stride = int(run.meta.get("stride", 32))
         self.predictor = Predictor(run.model, stride=stride, tta_flips=tta, window=window,
                                    overlap=overlap, amp_dtype=amp_dtype)
@@ -178,13 +188,55 @@ class ImagePredictor:
             torch.backends.cudnn.benchmark = True  # batches repeat the same sizes
 
     def load(self, path: Path) -> np.ndarray:
-        return self.check_channels(read_image(path), path)
+        """An image file as the model input array (see ``prepare``)."""
+        return self.prepare(self.select(read_image(path), path), path)
 
     def check_channels(self, image: np.ndarray, path: Path | str) -> np.ndarray:
         return adapt_channels(image, self.in_channels, path)
 
+    def select(self, image: np.ndarray, path: Path | str) -> np.ndarray:
+        """The bands the run's adapter read, of an image already in memory (GeoTIFFs are read
+        with ``Raster(path, self.bands)`` instead)."""
+        return select_bands(image, self.bands, path)
+
+    def prepare(self, image: np.ndarray, path: Path | str) -> np.ndarray:
+        """A 2-D image as read (the run's bands, native dtype) -> the array the run's adapter gave
+        the views in training: rescaled, channel-matched, band-standardised. Pixel-wise except
+        for ``scale``, so a window of a scene prepared alone equals that window of the whole."""
+        if self.volume_prep is not None:
+            raise DataError(f"{path}: the run was trained on NIfTI volumes with {self.volume_prep.option()} "
+                            "(per-volume intensity and orientation), which a 2-D image cannot reproduce; "
+                            "give .nii/.nii.gz volumes")
+        if self.raster_prep is not None:
+            return self.raster_prep.apply(image, self.in_channels, path)
+        return self.check_channels(image, path)
+
+    def prepare_volume(self, data: np.ndarray, nifti: Any, axis: int, path: Path | str) -> VolumeInput:
+        """A NIfTI volume as read -> model inputs along ``axis``, as the run's adapter sliced it."""
+        prep = self.volume_prep
+        if prep is None and self.raster_prep is not None:
+            raise DataError(f"{path}: the run's adapter read 2-D rasters with {self.raster_prep.option()}, "
+                            "which NIfTI volumes cannot reproduce; give the kind of files it was trained on")
+        if prep is None:  # no recorded steps: the file's own voxel grid, values scaled as images
+            data = data.astype(np.float32) if data.dtype.kind == "f" else data
+            return VolumeInput([self.check_channels(s, path) for s in volume_slices(data, axis)], nifti, lambda a: a)
+        affine = nifti.affine
+        volume = prep.to_model(data, affine)
+        del data
+        stats = prep.stats(volume)
+        slices = [prep.normalise(s, stats) for s in volume_slices(volume, axis)]
+        return VolumeInput([self.check_channels(s, path) for s in slices], nifti, lambda a: prep.to_input(a, affine))
+
+    def check_windowed(self, path: Path | str, height: int, width: int) -> None:
+        """The windowed path reads a scene in pieces: refuse steps that need the whole scene."""
+        if self.raster_prep is not None and self.raster_prep.scale != 1.0:
+            raise DataError(f"{path} ({height} x {width}) is over --max-pixels and would be predicted window by "
+                            f"window, but the run's data.params.scale={self.raster_prep.scale} resizes whole "
+                            f"scenes, which windows cannot reproduce; give --max-pixels {height * width} or more")
+
     def tensor(self, image: np.ndarray) -> torch.Tensor:
-        """C x H x W normalised input, resized as in training when ``data.resize`` is set."""
+        """C x H x W normalised input of a prepared array, resized as in training when
+        ``data.resize`` is set."""
         if self.run.cfg.data.resize is None:  # no geometry: skip the dummy mask/valid maps of a sample
             return self.tile_tensor(image)
         return self.views({"id": "", "image": image})["image"]
@@ -206,10 +258,10 @@ class ImagePredictor:
     def predict(self, images: Sequence[np.ndarray], confidence: bool = False,
                 valid: Optional[Sequence[Optional[np.ndarray]]] = None,
                 prepared: Optional[Sequence[torch.Tensor]] = None) -> list[Prediction]:
-        """One forward pass for a batch of same-size H x W x C images (``prepared``: their
-        ``tensor()``, computed ahead by reader threads)."""
+        """One forward pass for a batch of same-size H x W x C images as read; masks come out
+        at their size (``prepared``: their ``tensor(prepare())``, computed ahead by reader threads)."""
         height, width = images[0].shape[:2]
-        tensors = prepared if prepared is not None else [self.tensor(image) for image in images]
+        tensors = prepared if prepared is not None else [self.tensor(self.prepare(i, "<array>")) for i in images]
         batch = self._to_device(torch.stack(list(tensors)))
         logits = self.predictor.logits(batch)
         if logits.shape[-2:] != (height, width):  # trained at data.resize: back to the file's size
@@ -225,9 +277,9 @@ class ImagePredictor:
                 for i in range(len(images))]
 
     def probabilities(self, image: np.ndarray) -> torch.Tensor:
-        """C x H x W float32 probabilities for an H x W x C image array."""
+        """C x H x W float32 probabilities for an H x W x C image array as read."""
         height, width = image.shape[:2]
-        logits = self.predictor.logits(self._to_device(self.tensor(image)[None]))
+        logits = self.predictor.logits(self._to_device(self.tensor(self.prepare(image, "<array>"))[None]))
         if logits.shape[-2:] != (height, width):
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         return logits.softmax(1)[0]

@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -270,15 +270,20 @@ class ImageOutputs:
 
 def write_volume(root: Path, names: dict[str, Path], image: Any, mask: np.ndarray,
                  confidence: Optional[np.ndarray], slices: Sequence[np.ndarray], axis: int,
-                 lut: np.ndarray, opts: OutputOptions, display: Optional[Display]) -> None:
-    """NIfTI mask (and confidence) on the input's affine and header; colour/overlay per slice."""
+                 lut: np.ndarray, opts: OutputOptions, display: Optional[Display],
+                 to_input: Callable[[np.ndarray], np.ndarray] = lambda a: a) -> None:
+    """NIfTI mask (and confidence) on the input's affine and header; colour/overlay per slice.
+
+    ``mask``/``confidence`` are stacked from the model's ``slices`` along ``axis``; ``to_input``
+    puts them back on the input's voxel grid (e.g. from RAS+) for the NIfTI files, while the
+    colour/overlay PNGs show the model's slices as they are."""
     for role, rel in names.items():
         target = safe_target(root, rel)
         if role == "mask" or (role == "confidence" and target.suffix != ".npy"):
             data = mask if role == "mask" else np.rint(confidence * 255).astype(np.uint8)  # type: ignore[operator]
-            _save_nifti(image, data, target, label=role == "mask")
+            _save_nifti(image, to_input(data), target, label=role == "mask")
         elif role == "confidence":
-            np.save(_tmp(target), confidence)
+            np.save(_tmp(target), to_input(confidence))  # type: ignore[arg-type]
             os.replace(_tmp(target), target)
         else:  # a folder of slices, renamed into place when complete
             tmp = _tmp(target)

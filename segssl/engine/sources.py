@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..data.preprocess import band_indexes, read_nifti, volume_slice
 from ..errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -42,9 +43,10 @@ def input_kind(path: Path) -> Optional[str]:
 
 
 class Raster:
-    """An open GeoTIFF (or any GDAL raster) read by row ranges as H x W x bands arrays."""
+    """An open GeoTIFF (or any GDAL raster) read by row ranges as H x W x bands arrays
+    (``bands``: only these 1-based bands, as the run's adapter read them)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, bands: Optional[Sequence[int]] = None) -> None:
         rasterio = _require("rasterio", f"TIFF raster {path}")
         from rasterio.enums import MaskFlags
 
@@ -61,6 +63,11 @@ class Raster:
         except Exception as exc:  # noqa: BLE001 - any GDAL failure means an unreadable file
             raise DataError(f"cannot open raster file {path}: {exc}") from None
         self.height, self.width, self.count = self.ds.height, self.ds.width, self.ds.count
+        try:
+            self.indexes = band_indexes(bands, self.count, path)
+        except DataError:
+            self.ds.close()
+            raise
         # a nodata value, an internal mask or an alpha band: pixels outside it get no class
         self.masked = any(MaskFlags.all_valid not in flags for flags in self.ds.mask_flag_enums)
 
@@ -69,7 +76,7 @@ class Raster:
 
         col1 = self.width if col1 is None else col1
         try:
-            data = self.ds.read(window=Window(col0, row0, col1 - col0, row1 - row0))
+            data = self.ds.read(self.indexes, window=Window(col0, row0, col1 - col0, row1 - row0))
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"cannot read rows {row0}-{row1} of raster {self.path}: {exc}") from None
         return np.moveaxis(data, 0, -1)
@@ -85,9 +92,9 @@ class Raster:
     def overview(self, max_side: int = 1024) -> np.ndarray:
         """A decimated copy for display statistics (never the full scene)."""
         scale = max(1, int(np.ceil(max(self.height, self.width) / max_side)))
-        shape = (self.count, max(1, self.height // scale), max(1, self.width // scale))
+        shape = (len(self.indexes), max(1, self.height // scale), max(1, self.width // scale))
         try:
-            return np.moveaxis(self.ds.read(out_shape=shape), 0, -1)
+            return np.moveaxis(self.ds.read(self.indexes, out_shape=shape), 0, -1)
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"cannot read raster {self.path}: {exc}") from None
 
@@ -116,19 +123,14 @@ class Raster:
 
 
 def read_volume(path: Path) -> tuple[np.ndarray, Any]:
-    """(data, nibabel image). 3-D data, or 4-D with channels (modalities) last."""
-    nib = _require("nibabel", f"NIfTI volume {path}")
+    """(data as stored, nibabel image): the NIfTI reader of the training adapter. 3-D data, or
+    4-D with channels (modalities) last."""
+    _require("nibabel", f"NIfTI volume {path}")
     if not path.is_file():
         raise DataError(f"volume file not found: {path}")
-    try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)  # applies scl_slope/inter like the training reader
-    except Exception as exc:  # noqa: BLE001 - truncated gzip, bad header, ...
-        raise DataError(f"cannot read NIfTI file {path}: {exc}") from None
+    data, image = read_nifti(path)
     if data.ndim not in (3, 4):
         raise DataError(f"NIfTI file {path} has {data.ndim} dimensions; expected 3 (or 4 with channels last)")
-    if data.dtype.kind == "f" and data.dtype != np.float32:
-        data = data.astype(np.float32)
     return data, image
 
 
@@ -136,9 +138,7 @@ def volume_slices(data: np.ndarray, axis: int) -> list[np.ndarray]:
     """2-D H x W x C slices along ``axis`` (0-2); ``np.stack(masks, axis)`` reassembles them."""
     if not 0 <= axis <= 2:
         raise DataError(f"slice axis must be 0, 1 or 2, got {axis}")
-    count = data.shape[axis]
-    slices = [np.take(data, i, axis=axis) for i in range(count)]
-    return [s[:, :, None] if s.ndim == 2 else s for s in slices]
+    return [volume_slice(data, i, axis) for i in range(data.shape[axis])]
 
 
 def _require(module: str, what: str) -> Any:

@@ -22,6 +22,10 @@ a patient. Intensity (``intensity``), computed per volume and applied per slice:
   unscaled and then apply ``data.mean``/``data.std``, so set ``mean: [0]`` and ``std: [1]``
   with z-score (ct/percentile: e.g. ``mean: [0.5]``, ``std: [0.25]``).
 
+Reorientation, intensity and slicing are ``segssl.data.preprocess.VolumePreprocess``, recorded
+in the run's meta: ``tools/infer.py`` applies the very same steps to new volumes and writes its
+masks back on each input's own voxel grid.
+
 Images are float32 H x W x C (C = 1, or the modalities of 4D MSD volumes). Loaded volumes sit
 in a small LRU per DataLoader worker (``cache_volumes``), so consecutive slices of a volume
 cost one decompression; with shuffled training over many volumes, prefer ``data.cache: true``
@@ -38,6 +42,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from ...errors import ConfigError, DataError
+from ..preprocess import Stats, VolumePreprocess, open_nifti, read_nifti, volume_slice
 from .base import ADAPTERS, Adapter, Item, Sample, check_class_names, finalize_mask
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -104,24 +109,19 @@ class NiftiAdapter(Adapter):
         self.root = Path(root or ".")
         if not self.root.is_dir():
             raise DataError(f"data root folder not found: {self.root}")
-        if axis not in (0, 1, 2):
-            raise ConfigError(f"data.params.axis must be 0, 1 or 2, got {axis}")
-        if intensity not in ("ct", "zscore", "percentile"):
-            raise ConfigError(f"data.params.intensity must be ct, zscore or percentile, got '{intensity}'")
-        if intensity == "ct" and (window is None or len(window) != 2 or window[0] >= window[1]):
-            raise ConfigError("data.params.window must be [lo, hi] HU with lo < hi when intensity is ct")
+        # the intensity/orientation steps live in one object shared with tools/infer.py
+        self.prep = VolumePreprocess(intensity=intensity, window=tuple(window) if window is not None else None,
+                                     percentiles=tuple(percentiles), zscore_nonzero=zscore_nonzero,
+                                     canonical=canonical, axis=axis)
         if not 0.0 <= keep_empty <= 1.0:
             raise ConfigError(f"data.params.keep_empty must be in [0, 1], got {keep_empty}")
-        self.axis, self.intensity, self.canonical = axis, intensity, canonical
-        self.window = [float(v) for v in window] if window is not None else None
-        self.percentiles = (float(percentiles[0]), float(percentiles[1]))
-        self.zscore_nonzero = zscore_nonzero
+        self.axis = axis
         self.value_map = {int(k): int(v) for k, v in (value_map or {}).items()}
         self.ignore_values = [int(v) for v in ignore_values]
         self.ignore_index = self.ignore_values[0] if self.ignore_values else None
         self.keep_empty, self.empty_splits, self.seed = keep_empty, list(empty_splits), seed
         self._volumes_cache = LRUCache(cache_volumes)
-        self._stats_cache: dict[str, list[tuple[float, float]]] = {}
+        self._stats_cache: dict[str, Stats] = {}
         self.in_channels = 1
         if layout == "decathlon":
             volumes, names = self._decathlon(dataset_json)
@@ -243,67 +243,28 @@ class NiftiAdapter(Adapter):
         return [{**volume, "id": f"{volume['id']}_s{i:03d}", "slice": i} for i in indices]
 
     def _canonical_shape(self, path: str) -> tuple[int, ...]:
-        import nibabel as nib
-
-        img = self._open(path)
-        shape = list(img.shape)
-        if len(shape) not in (3, 4):
-            raise DataError(f"volume {path} has shape {tuple(shape)}; expected 3D or 4D (channels last)")
-        if self.canonical:
-            ornt = nib.orientations.io_orientation(img.affine)
-            shape[:3] = [shape[int(np.flatnonzero(ornt[:, 0] == a)[0])] for a in range(3)]
-        return tuple(shape)
+        img = open_nifti(path)
+        if len(img.shape) not in (3, 4):
+            raise DataError(f"volume {path} has shape {tuple(img.shape)}; expected 3D or 4D (channels last)")
+        return self.prep.model_shape(img.shape, img.affine)
 
     # ------------------------------------------------------------------ loading
-    @staticmethod
-    def _open(path: str) -> Any:
-        import nibabel as nib
-
-        try:
-            return nib.load(path)
-        except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
-            raise DataError(f"cannot read NIfTI file {path}: {exc}") from None
-
     def _volume(self, path: str, label: bool = False) -> np.ndarray:
         def read() -> np.ndarray:
-            import nibabel as nib
-
-            img = self._open(path)
-            try:
-                data = np.asarray(img.dataobj)  # applies scl_slope/inter, keeps integer dtypes
-            except (OSError, ValueError, EOFError) as exc:
-                raise DataError(f"cannot decode NIfTI file {path}: {exc}") from None
-            if self.canonical:
-                data = nib.orientations.apply_orientation(data, nib.orientations.io_orientation(img.affine))
+            data, img = read_nifti(path)
+            data = self.prep.to_model(data, img.affine)
             if label and data.dtype.kind == "f":  # labels saved as float (or with a scale factor)
                 rounded = np.rint(data)
                 if not np.allclose(rounded, data, atol=1e-3):
                     raise DataError(f"label volume {path} holds non-integer values")
                 return rounded.astype(np.int64)
-            return np.ascontiguousarray(data)
+            return data
 
         return self._volumes_cache.get((path, label), read)
 
-    def _stats(self, path: str, volume: np.ndarray) -> list[tuple[float, float]]:
-        """Per-channel (offset, scale) of this volume, so that (x - offset) / scale is the output."""
-        def compute() -> list[tuple[float, float]]:
-            channels = volume[..., None] if volume.ndim == 3 else volume
-            out = []
-            for c in range(channels.shape[-1]):
-                v = channels[..., c]
-                if self.intensity == "ct":
-                    lo, hi = self.window  # type: ignore[misc]
-                    out.append((lo, hi - lo))
-                elif self.intensity == "percentile":
-                    lo, hi = np.percentile(v, self.percentiles)
-                    out.append((float(lo), max(float(hi - lo), 1e-6)))
-                else:
-                    sel = v[v != 0] if self.zscore_nonzero and (v != 0).any() else v
-                    out.append((float(sel.mean()), max(float(sel.std()), 1e-6)))
-            return out
-
+    def _stats(self, path: str, volume: np.ndarray) -> Stats:
         if path not in self._stats_cache:  # a few floats per volume: kept for every volume seen
-            self._stats_cache[path] = compute()
+            self._stats_cache[path] = self.prep.stats(volume)
         return self._stats_cache[path]
 
     def load(self, item: Item) -> Sample:
@@ -312,14 +273,10 @@ class NiftiAdapter(Adapter):
         index = item["slice"]
         if not 0 <= index < volume.shape[self.axis]:
             raise DataError(f"slice {index} out of range for {item['image']} (shape {volume.shape})")
-        image = np.take(volume, index, axis=self.axis).astype(np.float32)
-        image = image[:, :, None] if image.ndim == 2 else image
+        image = volume_slice(volume, index, self.axis)
         if image.shape[2] != self.in_channels:
             raise DataError(f"volume {item['image']} has {image.shape[2]} channels, the dataset declares {self.in_channels}")
-        for c, (offset, scale) in enumerate(stats):
-            image[:, :, c] = (image[:, :, c] - offset) / scale
-        if self.intensity != "zscore":
-            np.clip(image, 0.0, 1.0, out=image)
+        image = self.prep.normalise(image, stats)
         sample: Sample = {"id": item["id"], "image": image}
         if item.get("mask") is not None:
             labels = self._volume(item["mask"], label=True)
@@ -331,5 +288,4 @@ class NiftiAdapter(Adapter):
         return sample
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "preprocess": {"intensity": self.intensity, "window": self.window,
-                                                     "percentiles": list(self.percentiles), "axis": self.axis}}
+        return {**super().describe(), "preprocess": self.prep.record()}

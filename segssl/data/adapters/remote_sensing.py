@@ -24,6 +24,9 @@ split ``stats_split`` and cached in ``stats_cache``, default ``$SEGSSL_CACHE`` o
 ``~/.cache/segssl/band_stats/<hash of the files>.json``: data folders are often read-only and a
 run directory is per run, while this key is reused across runs and changes with the files).
 With stats, images come out float32 standardised per band: set ``data.mean: [0]``, ``std: [1]``.
+
+Band selection, ``scale`` and ``band_stats`` are ``segssl.data.preprocess.RasterPreprocess``,
+recorded (statistics included) in the run's meta: ``tools/infer.py`` applies the very same steps.
 """
 from __future__ import annotations
 
@@ -32,14 +35,15 @@ import json
 import logging
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-import cv2
 import numpy as np
 
 from ...errors import ConfigError, DataError
-from ..io import IMAGE_EXTENSIONS, adapt_channels, list_images, read_image, read_mask
+from ..io import IMAGE_EXTENSIONS, list_images, read_image, read_mask
+from ..preprocess import RasterPreprocess, band_indexes, select_bands
 from .base import ADAPTERS, Adapter, Item, Sample, check_class_names, finalize_mask, palette_to_index
 from .medical import LRUCache
 
@@ -92,20 +96,14 @@ def read_raster(path: str, bands: Optional[Sequence[int]] = None, window: Option
         from rasterio.windows import Window
 
         with _rasterio(path) as src:
-            indexes = list(bands) if bands else list(range(1, src.count + 1))
-            if max(indexes) > src.count:
-                raise DataError(f"raster {path} has {src.count} bands; asked for bands {indexes}")
+            indexes = band_indexes(bands, src.count, path)
             win = Window(window[1], window[0], window[3], window[2]) if window is not None else None
             try:
                 data = src.read(indexes, window=win)
             except Exception as exc:  # rasterio raises several types for corrupt blocks
                 raise DataError(f"cannot decode raster {path}: {exc}") from None
         return np.ascontiguousarray(data.transpose(1, 2, 0))
-    data = read_image(path)
-    if bands:
-        if max(bands) > data.shape[2]:
-            raise DataError(f"image {path} has {data.shape[2]} channels; asked for bands {list(bands)}")
-        data = data[:, :, [b - 1 for b in bands]]
+    data = select_bands(read_image(path), bands, path)
     if window is not None:
         y, x, h, w = window
         data = data[y : y + h, x : x + w]
@@ -142,7 +140,8 @@ class RasterAdapter(Adapter):
             raise DataError(f"data root folder not found: {self.root}")
         self.num_classes = int(num_classes)
         self.class_names = check_class_names(class_names, self.num_classes)
-        self.bands = [int(b) for b in bands] if bands else None
+        # band selection, scale and band statistics: one object shared with tools/infer.py
+        self.prep = RasterPreprocess(bands=bands, scale=scale)
         self.colour_palette = [tuple(int(v) for v in c) for c in palette] if palette else None
         self.palette = self.colour_palette
         self.ignore_colours = [tuple(int(v) for v in c) for c in ignore_colours]
@@ -160,9 +159,6 @@ class RasterAdapter(Adapter):
         if self.tile is not None and min(self.stride) < 1:
             raise ConfigError(f"data.params.overlap {overlap} leaves no stride for tile {list(self.tile)}")
         self.overlap_splits = list(overlap_splits)
-        if not scale > 0:
-            raise ConfigError(f"data.params.scale must be > 0, got {scale}")
-        self.scale = float(scale)
         if group not in ("scene", "folder"):
             raise ConfigError(f"data.params.group must be scene or folder, got '{group}'")
         self.group = group
@@ -171,7 +167,19 @@ class RasterAdapter(Adapter):
         self._scenes: dict[str, list[Item]] = {}
         self._items: dict[str, list[Item]] = {}
         self.in_channels = len(self.bands) if self.bands else int(in_channels or self._probe_channels())
-        self.band_stats = self._resolve_stats(band_stats, stats_split, stats_cache)
+        self.prep = replace(self.prep, band_stats=self._resolve_stats(band_stats, stats_split, stats_cache))
+
+    @property
+    def bands(self) -> Optional[list[int]]:
+        return list(self.prep.bands) if self.prep.bands else None
+
+    @property
+    def scale(self) -> float:
+        return self.prep.scale
+
+    @property
+    def band_stats(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        return self.prep.band_stats
 
     # ------------------------------------------------------------------ listing
     @staticmethod
@@ -237,7 +245,7 @@ class RasterAdapter(Adapter):
 
     def _tiles(self, scene: Item, exact: bool) -> list[Item]:
         h, w = raster_size(scene["image"])
-        h, w = max(1, round(h * self.scale)), max(1, round(w * self.scale))
+        h, w = self.prep.scaled_size(h, w)
         (th, tw), (sh, sw) = self.tile, self.stride  # type: ignore[misc]
         tiles = []
         for y in tile_starts(h, th, sh, exact):
@@ -253,15 +261,7 @@ class RasterAdapter(Adapter):
         if window is None and self.tile is None and self.scale == 1.0:
             return self._decode(path, kind)  # whole-scene items: nothing to share with other items
 
-        def full() -> np.ndarray:
-            data = self._decode(path, kind)
-            if self.scale != 1.0:
-                size = (max(1, round(data.shape[1] * self.scale)), max(1, round(data.shape[0] * self.scale)))
-                interp = cv2.INTER_NEAREST if kind == "mask" else (cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR)
-                data = cv2.resize(data, size, interpolation=interp).reshape(size[1], size[0], -1) if data.ndim == 3 else cv2.resize(data, size, interpolation=interp)
-            return data
-
-        data = self._scenes_cache.get((path, kind), full)
+        data = self._scenes_cache.get((path, kind), lambda: self.prep.rescale(self._decode(path, kind), kind))
         if window is not None:
             y, x, h, w = window
             data = data[y : y + h, x : x + w]
@@ -277,11 +277,7 @@ class RasterAdapter(Adapter):
 
     def load(self, item: Item) -> Sample:
         window = item.get("window")
-        image = self._read(item["image"], "image", window)
-        if not self.bands:
-            image = adapt_channels(image, self.in_channels, item["image"])
-        if self.band_stats is not None:
-            image = (image.astype(np.float32) - self.band_stats[0]) / self.band_stats[1]
+        image = self.prep.finish(self._read(item["image"], "image", window), self.in_channels, item["image"])
         sample: Sample = {"id": item["id"], "image": image}
         if item.get("mask") is None:
             return sample
@@ -357,8 +353,7 @@ class RasterAdapter(Adapter):
         return mean.astype(np.float32), std.astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
-        stats = None if self.band_stats is None else {"mean": self.band_stats[0].tolist(), "std": self.band_stats[1].tolist()}
-        return {**super().describe(), "preprocess": {"band_stats": stats, "bands": self.bands, "scale": self.scale}}
+        return {**super().describe(), "preprocess": self.prep.record()}
 
 
 def _codes(rgb: np.ndarray) -> np.ndarray:
