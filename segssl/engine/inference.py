@@ -49,8 +49,10 @@ def check_preprocessing(meta: dict[str, Any], source: Path) -> None:
         )
 
 
-def load_run(run_dir: str | Path | None, checkpoint: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
-    """``checkpoint`` is ``best``, ``last`` or a path to a ``.pt`` file."""
+def load_run(run_dir: str | Path | None, checkpoint: str = "best", device: str | torch.device = "cpu",
+             adapter_inputs: bool = False) -> LoadedRun:
+    """``checkpoint`` is ``best``, ``last`` or a path to a ``.pt`` file. ``adapter_inputs``: images
+    will come from the run's own adapter (already preprocessed), so preprocessing is no reason to refuse."""
     if checkpoint in ("best", "last"):
         if run_dir is None:
             raise SegsslError("give --run RUN_DIR or --checkpoint PATH")
@@ -66,7 +68,8 @@ def load_run(run_dir: str | Path | None, checkpoint: str = "best", device: str |
             raise SegsslError(f"{path} is not a segssl checkpoint (no '{key}')")
     cfg = from_dict(Config, state["config"])
     meta = dict(state["meta"])
-    check_preprocessing(meta, path)
+    if not adapter_inputs:
+        check_preprocessing(meta, path)
     if not meta.get("palette") and run_dir is not None and (Path(run_dir) / "meta.json").is_file():
         meta["palette"] = json.loads((Path(run_dir) / "meta.json").read_text()).get("palette")
     model = build_model(_offline(cfg).model, meta["in_channels"], meta["num_classes"])
