@@ -7,9 +7,16 @@ on both sides would let a model "predict" a held-out mask it has effectively see
 from __future__ import annotations
 
 import random
+from typing import Any
 
-from ..data.adapters.base import Item
 from ..errors import ConfigError, DataError
+
+Item = dict[str, Any]  # as in data.adapters.base; not imported so the CLI checks --folds before loading adapters
+
+
+def check_k(k: int) -> None:
+    if k < 2:
+        raise ConfigError(f"--folds must be at least 2 (one fold is held out while the others train), got {k}")
 
 
 def group_key(item: Item) -> str:
@@ -23,8 +30,7 @@ def make_folds(items: list[Item], k: int, seed: int) -> list[list[Item]]:
     fewest items (ties: the lower fold index), so fold sizes differ by at most one group.
     Each fold keeps the items in their input order.
     """
-    if k < 2:
-        raise ConfigError(f"--folds must be at least 2 (one fold is held out while the others train), got {k}")
+    check_k(k)
     if k > len(items):
         raise ConfigError(f"--folds {k} is larger than the labeled set ({len(items)} items)")
     groups: dict[str, list[Item]] = {}
