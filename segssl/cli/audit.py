@@ -44,7 +44,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--suggest-min-score", type=float, default=0.25,
                    help="only regions scoring at least this are replaced in suggestions (default 0.25)")
     args = p.parse_args(argv)
-    args.resume, args.work_dir = False, Path(args.work_dir)  # build_config's train-CLI fields
+    args.work_dir = Path(args.work_dir)
     if args.top < 0:
         p.error("--top must be >= 0")
     return args
