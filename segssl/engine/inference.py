@@ -51,8 +51,10 @@ class VolumeInput:
     to_input: Callable[[np.ndarray], np.ndarray]  # a volume stacked from the slices -> the input's voxel grid
 
 
-def load_run(run_dir: str | Path | None, checkpoint: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
-    """``checkpoint`` is ``best``, ``last`` or a path to a ``.pt`` file."""
+def load_run(run_dir: str | Path | None, checkpoint: str = "best", device: str | torch.device = "cpu",
+             adapter_inputs: bool = False) -> LoadedRun:
+    """``checkpoint`` is ``best``, ``last`` or a path to a ``.pt`` file. ``adapter_inputs``: images
+    will come from the run's own adapter (already preprocessed), so preprocessing is no reason to refuse."""
     if checkpoint in ("best", "last"):
         if run_dir is None:
             raise SegsslError("give --run RUN_DIR or --checkpoint PATH")
@@ -68,10 +70,11 @@ def load_run(run_dir: str | Path | None, checkpoint: str = "best", device: str |
             raise SegsslError(f"{path} is not a segssl checkpoint (no '{key}')")
     cfg = from_dict(Config, state["config"])
     meta = dict(state["meta"])
-    try:  # steps no inference code reproduces: refused before anything is read
-        preprocess_from_meta(meta, cfg.data.params)
-    except SegsslError as exc:
-        raise SegsslError(f"{path}: {exc}") from None
+    if not adapter_inputs:  # steps no inference code reproduces: refused before anything is read
+        try:
+            preprocess_from_meta(meta, cfg.data.params)
+        except SegsslError as exc:
+            raise SegsslError(f"{path}: {exc}") from None
     if not meta.get("palette") and run_dir is not None and (Path(run_dir) / "meta.json").is_file():
         meta["palette"] = json.loads((Path(run_dir) / "meta.json").read_text()).get("palette")
     model = build_model(_offline(cfg).model, meta["in_channels"], meta["num_classes"])
@@ -276,10 +279,12 @@ class ImagePredictor:
         return [Prediction(host_masks[i], None if host_confs is None else host_confs[i], stats[i])
                 for i in range(len(images))]
 
-    def probabilities(self, image: np.ndarray) -> torch.Tensor:
-        """C x H x W float32 probabilities for an H x W x C image array as read."""
+    def probabilities(self, image: np.ndarray, prepared: bool = False) -> torch.Tensor:
+        """C x H x W float32 probabilities for an H x W x C image array as read (``prepared``: an
+        array the run's own adapter produced, already preprocessed: not transformed twice)."""
         height, width = image.shape[:2]
-        logits = self.predictor.logits(self._to_device(self.tensor(self.prepare(image, "<array>"))[None]))
+        ready = self.check_channels(image, "<array>") if prepared else self.prepare(image, "<array>")
+        logits = self.predictor.logits(self._to_device(self.tensor(ready)[None]))
         if logits.shape[-2:] != (height, width):
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         return logits.softmax(1)[0]

@@ -17,7 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..config import Config, dump_config, params_from_dict, to_dict
 from ..data.adapters import build_adapter
 from ..data.loaders import SegDataset, endless_loader, eval_loader
-from ..data.splits import make_splits
+from ..data.splits import Splits, make_splits
 from ..data.views import ViewMaker
 from ..errors import ConfigError, SegsslError
 from ..methods import METHODS, Method, StepContext
@@ -52,7 +52,8 @@ def resolve_amp(mode: str, device: torch.device) -> Optional[torch.dtype]:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, splits: Optional[Splits] = None) -> None:
+        """``splits`` replaces the draw from ``cfg.data.split`` (the label audit trains on K-1 folds)."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         wants_cuda = cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available())
@@ -74,7 +75,7 @@ class Trainer:
 
         d = cfg.data
         self.adapter = build_adapter(d.adapter, d.root, d.params)
-        self.splits = make_splits(self.adapter, d.split)
+        self.splits = splits if splits is not None else make_splits(self.adapter, d.split)
         method_cls = METHODS.get(cfg.method.name)
         params = params_from_dict(method_cls.Params, cfg.method.params, "method.params")
         make_net = lambda: build_model(cfg.model, self.adapter.in_channels, self.adapter.num_classes)  # noqa: E731
