@@ -133,7 +133,7 @@ def write_html(results: list[ItemResult], adapter: Adapter, items: list[Item], o
 td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}} ul{{padding-left:1.2em;margin:4px 0}}
 img{{image-rendering:pixelated;max-width:{THUMB_WIDTH}px}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{len(results)} images ranked by image score (noisy-or of region scores); the top {min(top, len(results))} are shown.
+<p>{len(results)} images ranked by image score (sum of region scores: the expected number of mislabeled regions); the top {min(top, len(results))} are shown.
 Suspicion = p(predicted) - p(given label) from out-of-fold predictions (flip TTA). Region outlines: {legend}.
 Full lists: report.csv, regions.csv.</p>
 <table><tr><th>#</th><th>item</th><th>image</th><th>given mask</th><th>out-of-fold prediction</th><th>suspicion</th></tr>
