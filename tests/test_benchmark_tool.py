@@ -49,6 +49,17 @@ def test_report_spread_over_seeds_and_missing_rows() -> None:
     assert "Not run yet (2): supervised__1of8__s0, fixmatch__1of8__s0" in partial
 
 
+def test_report_shows_progress_of_interrupted_rows(tmp_path: Path) -> None:
+    work = tmp_path / "t" / "fixmatch__1of8__s0"
+    work.mkdir(parents=True)
+    work.joinpath("metrics.jsonl").write_text("\n".join(json.dumps(m) for m in (
+        {"step": 300, "split": "val", "miou": 0.2}, {"step": 600, "split": "val", "miou": 0.31},
+        {"step": 900, "split": "val", "miou": 0.3}, {"step": 940, "split": "train", "loss": 1.0})) + "\n")
+    table = markdown(_suite(), [_result("supervised", "all", 0.6)], "cmd", work_root=tmp_path)
+    assert "Interrupted, resumable (1): fixmatch__1of8__s0 (step 940, best val mIoU 0.310 @ 600)" in table
+    assert "Not run yet (1): supervised__1of8__s0" in table
+
+
 def test_still_rising_rule() -> None:
     assert still_rising([(100, 0.3), (400, 0.5), (500, 0.52)], steps=500) is True
     assert still_rising([(100, 0.3), (400, 0.5), (500, 0.503)], steps=500) is False

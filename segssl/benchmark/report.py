@@ -55,7 +55,20 @@ def _fmt(value: Optional[float], spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def markdown(suite: Suite, found: list[dict[str, Any]], command: str) -> str:
+def progress(work: Path) -> Optional[str]:
+    """'step N, best val mIoU v @ s' of an unfinished row's run directory (None if it never started)."""
+    metrics = work / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    logs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not logs:
+        return None
+    val = [(m["step"], m["miou"]) for m in logs if m.get("split") == "val" and "miou" in m]
+    best = f", best val mIoU {max(val, key=lambda x: x[1])[1]:.3f} @ {max(val, key=lambda x: x[1])[0]}" if val else ""
+    return f"step {max(m['step'] for m in logs)}{best}"
+
+
+def markdown(suite: Suite, found: list[dict[str, Any]], command: str, work_root: Optional[Path] = None) -> str:
     table = cells(suite, found)
     upper = next((c for c in table if c.method == suite.upper_method and c.label == "all"), None)
     upper_test = _mean(upper.test()) if upper else None
@@ -102,7 +115,13 @@ def markdown(suite: Suite, found: list[dict[str, Any]], command: str) -> str:
         f"Machines: {'; '.join(machines)}.",
     ]
     if missing:
-        lines += ["", f"Not run yet ({len(missing)}): {', '.join(missing)}."]
+        started = {key: progress(work_root / suite.name / key) for key in missing} if work_root else {}
+        running = [f"{key} ({state})" for key, state in started.items() if state]
+        waiting = [key for key in missing if not started.get(key)]
+        if running:
+            lines += ["", f"Interrupted, resumable ({len(running)}): {'; '.join(running)}."]
+        if waiting:
+            lines += ["", f"Not run yet ({len(waiting)}): {', '.join(waiting)}."]
     return "\n".join(lines)
 
 
@@ -148,10 +167,11 @@ def plot(suite: Suite, found: list[dict[str, Any]], path: Path) -> Optional[str]
     return None
 
 
-def write_report(suite: Suite, folder: Path, command: str) -> str:
-    """Write results.md, results.json and label_efficiency.png into the suite's results folder."""
+def write_report(suite: Suite, folder: Path, command: str, work_root: Optional[Path] = None) -> str:
+    """Write results.md, results.json and label_efficiency.png into the suite's results folder
+    (``work_root``: where unfinished rows' run directories are, to report their progress)."""
     found = load_results(folder / "runs")
-    table = markdown(suite, found, command)
+    table = markdown(suite, found, command, work_root)
     (folder / "results.md").write_text(table + "\n")
     (folder / "results.json").write_text(json.dumps(aggregate(suite, found), indent=2) + "\n")
     note = plot(suite, found, folder / "label_efficiency.png") if found else "no plot: no finished rows"

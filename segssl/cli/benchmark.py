@@ -76,7 +76,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 pending.append(row)
         failures = _run_pending(suite, pending, results / "runs", work_root, args.overrides, args.jobs)
     command = "python tools/benchmark.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    print(write_report(suite, results, command))
+    print(write_report(suite, results, command, work_root))
     if failures:
         print(f"{len(failures)} row(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
