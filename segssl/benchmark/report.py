@@ -172,6 +172,7 @@ def write_report(suite: Suite, folder: Path, command: str, work_root: Optional[P
     (``work_root``: where unfinished rows' run directories are, to report their progress)."""
     found = load_results(folder / "runs")
     table = markdown(suite, found, command, work_root)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.md").write_text(table + "\n")
     (folder / "results.json").write_text(json.dumps(aggregate(suite, found), indent=2) + "\n")
     note = plot(suite, found, folder / "label_efficiency.png") if found else "no plot: no finished rows"
