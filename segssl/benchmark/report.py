@@ -111,8 +111,8 @@ def markdown(suite: Suite, found: list[dict[str, Any]], command: str, work_root:
         "ground truth, averaged over the last fifth of training. \"still rising\": best val mIoU in the last fifth "
         "of training beat the earlier best by more than 0.005.",
         "",
-        f"Report built by `{command}`; each row's own train command is in `runs/<row>.json`. Commits: {', '.join(commits)}. "
-        f"Machines: {'; '.join(machines)}.",
+        f"Report built by `{command}`; each row's own train command is in `runs/<row>.json`."
+        + (f" Commits: {', '.join(commits)}. Machines: {'; '.join(machines)}." if found else " No finished rows yet."),
     ]
     if missing:
         started = {key: progress(work_root / suite.name / key) for key in missing} if work_root else {}
