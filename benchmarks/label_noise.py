@@ -36,9 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,6 +54,7 @@ from segssl.audit.cleanlab_scores import require_cleanlab  # noqa: E402
 from segssl.audit.oof import load_probs, oof_path, train_and_predict  # noqa: E402
 from segssl.audit.pipeline import add_cleanlab, score_items, valid_of  # noqa: E402
 from segssl.audit.scoring import AuditParams, ranking  # noqa: E402
+from segssl.benchmark.suite import commit_id, machine  # noqa: E402
 from segssl.config import Config, apply_overrides, from_dict, read_yaml, validate  # noqa: E402
 from segssl.data.adapters import build_adapter  # noqa: E402
 from segssl.data.io import read_mask  # noqa: E402
@@ -82,11 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-root", default=str(REPO / "runs" / "label_noise"))
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "label_noise"))
     return p.parse_args(argv)
-
-
-def commit_id() -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return proc.stdout.strip() or "unknown"
 
 
 # ------------------------------------------------------------------ 1. noise
@@ -252,7 +246,7 @@ def markdown(name: str, outcome: dict[str, Any], command: str, commit: str, seco
     lines += ["", f"Found = at least {FOUND:.0%} of a corruption's changed pixels flagged. Expected types: erase -> missing, "
               "relabel -> wrong_class, dilate/erode -> boundary. cleanlab and segssl use the same out-of-fold probabilities; "
               "naive = one model trained on all noisy labels, scored on its own training images.", "",
-              f"command: `{command}`; commit {commit}; {platform.machine()}, {seconds:.0f} s this session."]
+              f"command: `{command}`; commit {commit}; {machine()}, {seconds:.0f} s this session."]
     return "\n".join(lines + ([note] if note else []))
 
 

@@ -13,10 +13,8 @@ configured loader and the process's peak RSS.
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from segssl.benchmark.suite import commit_id, machine  # noqa: E402
 from segssl.config import load_config  # noqa: E402
 from segssl.engine.trainer import Trainer  # noqa: E402
 from segssl.methods import METHODS, StepContext  # noqa: E402
@@ -89,14 +88,14 @@ def main() -> int:
             r = measure(args.config, name, args.steps, Path(tmp))
             rows.append(f"| {name} | {1000 * r['trainer_s']:.0f} | {1000 * r['bare_s']:.0f} | {r['ratio']:.3f} | {1000 * r['load_s']:.0f} |")
             print(rows[-1], flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = commit_id()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     table = "\n".join([
         f"# Training-step overhead ({args.config}, median of {args.steps} alternating steps)", "",
         "| method | trainer step ms | bare step ms | ratio | batch load ms (configured workers) |", "|---|---|---|---|---|",
         *rows, "",
         f"command: `python benchmarks/train_speed.py --config {args.config} --steps {args.steps}`; commit {commit}; "
-        f"{platform.machine()} {torch.get_num_threads()} torch threads, torch {torch.__version__}; peak RSS {peak:.0f} MiB.",
+        f"{machine()}; peak RSS {peak:.0f} MiB.",
     ])
     print(table)
     if args.out:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .suite import Row, Suite, rows
+from ..engine.logger import read_metrics
+from .suite import Suite, rows
 
 
 def load_results(runs: Path) -> list[dict[str, Any]]:
@@ -57,14 +58,12 @@ def _fmt(value: Optional[float], spec: str = ".3f") -> str:
 
 def progress(work: Path) -> Optional[str]:
     """'step N, best val mIoU v @ s' of an unfinished row's run directory (None if it never started)."""
-    metrics = work / "metrics.jsonl"
-    if not metrics.is_file():
-        return None
-    logs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    logs = read_metrics(work)
     if not logs:
         return None
     val = [(m["step"], m["miou"]) for m in logs if m.get("split") == "val" and "miou" in m]
-    best = f", best val mIoU {max(val, key=lambda x: x[1])[1]:.3f} @ {max(val, key=lambda x: x[1])[0]}" if val else ""
+    best_step, best_value = max(val, key=lambda sv: sv[1]) if val else (0, 0.0)
+    best = f", best val mIoU {best_value:.3f} @ {best_step}" if val else ""
     return f"step {max(m['step'] for m in logs)}{best}"
 
 
@@ -179,4 +178,4 @@ def write_report(suite: Suite, folder: Path, command: str, work_root: Optional[P
     return table + (f"\n\n{note}" if note else f"\n\nplot: {folder / 'label_efficiency.png'}")
 
 
-__all__ = ["Row", "aggregate", "cells", "gap_closed", "load_results", "markdown", "plot", "write_report"]
+__all__ = ["aggregate", "cells", "gap_closed", "load_results", "markdown", "plot", "write_report"]

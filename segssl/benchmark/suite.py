@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 import torch
 
 from ..config import read_yaml
+from ..engine.logger import read_metrics
 from ..errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,7 +145,7 @@ def still_rising(curve: list[tuple[int, float]], steps: int, tolerance: float = 
 
 def collect_result(suite: Suite, row: Row, work: Path, command: list[str], seconds: float) -> dict[str, Any]:
     summary = json.loads((work / "summary.json").read_text())
-    metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = read_metrics(work)
     curve = [(m["step"], m["miou"]) for m in metrics if m.get("split") == "val" and "miou" in m]
     test = summary.get("test", {})
     return {
