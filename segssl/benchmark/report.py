@@ -58,7 +58,7 @@ def _fmt(value: Optional[float], spec: str = ".3f") -> str:
 
 def progress(work: Path) -> Optional[str]:
     """'step N, best val mIoU v @ s' of an unfinished row's run directory (None if it never started)."""
-    logs = read_metrics(work)
+    logs = read_metrics(work / "metrics.jsonl") if (work / "metrics.jsonl").is_file() else []
     if not logs:
         return None
     val = [(m["step"], m["miou"]) for m in logs if m.get("split") == "val" and "miou" in m]

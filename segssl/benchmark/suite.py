@@ -145,7 +145,7 @@ def still_rising(curve: list[tuple[int, float]], steps: int, tolerance: float = 
 
 def collect_result(suite: Suite, row: Row, work: Path, command: list[str], seconds: float) -> dict[str, Any]:
     summary = json.loads((work / "summary.json").read_text())
-    metrics = read_metrics(work)
+    metrics = read_metrics(work / "metrics.jsonl")
     curve = [(m["step"], m["miou"]) for m in metrics if m.get("split") == "val" and "miou" in m]
     test = summary.get("test", {})
     return {

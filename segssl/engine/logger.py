@@ -11,14 +11,6 @@ from typing import Any, Optional
 log = logging.getLogger("segssl")
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of a run's ``metrics.jsonl`` (empty if the run never logged)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 class MetricsLogger:
     def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.enabled = enabled
