@@ -187,6 +187,7 @@ def test_invalid_yaml_names_the_file(tmp_path: Path, text: str) -> None:
         ("train.optim.scheduler=step", "train.optim.scheduler"),
         ("data.crop=[32]", "data.crop"),
         ("data.augment.scale=[1.2,0.8]", "data.augment.scale"),
+        ("data.augment.blur_sigma=[0,1]", "data.augment.blur_sigma"),
         ("data.std=[0.0]", "data.std"),
     ],
 )

@@ -145,6 +145,21 @@ def test_strong_view_keeps_float_range() -> None:
     torch.testing.assert_close(out["strong"], torch.full((1, 16, 16), 500.0))
 
 
+def test_strong_view_blur_sigma_is_configurable() -> None:
+    """A centred impulse keeps most of its mass under a small sigma and spreads under a large one."""
+    impulse = np.zeros((33, 33, 1), np.float32)
+    impulse[16, 16, 0] = 1.0
+
+    def peak(sigma: list[float]) -> float:
+        aug = AugmentConfig(hflip=False, color_jitter_p=0.0, grayscale_p=0.0, blur_p=1.0, blur_sigma=sigma)
+        vm = ViewMaker(DataConfig(mean=[0.0], std=[1.0], augment=aug), channels=1, train=True, views=("strong",))
+        return float(vm({"id": "i", "image": impulse})["strong"][0, 16, 16])
+
+    # a discrete Gaussian's centre weight: ~1 at sigma 0.1, 1/(2*pi*sigma^2) ~ 0.04 at sigma 2
+    assert peak([0.1, 0.1]) > 0.95
+    assert 0.02 < peak([2.0, 2.0]) < 0.06
+
+
 def test_pad_collate_pads_invalid_and_stacks_ids() -> None:
     vm = ViewMaker(DataConfig(), channels=3, train=False)
     a = vm(block_sample(1, h=16, w=24))

@@ -15,6 +15,7 @@ and is named in the config as ``package.module:ClassName``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
@@ -26,6 +27,28 @@ Item = dict[str, Any]
 Sample = dict[str, Any]
 
 ADAPTERS: Registry[type["Adapter"]] = Registry("dataset adapter")
+
+
+class LRUCache:
+    """A few decoded volumes or scenes per process; dropped when the adapter is pickled."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(0, int(size))
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key in self._data:
+            self._data.move_to_end(key)
+            return self._data[key]
+        value = make()
+        if self.size:
+            self._data[key] = value
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+        return value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"size": self.size, "_data": OrderedDict()}  # workers start empty, not with a copy
 
 
 class Adapter(ABC):

@@ -35,40 +35,17 @@ from __future__ import annotations
 
 import json
 import random
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 from ...errors import ConfigError, DataError
 from ..preprocess import Stats, VolumePreprocess, open_nifti, read_nifti, volume_slice
-from .base import ADAPTERS, Adapter, Item, Sample, check_class_names, finalize_mask
+from .base import ADAPTERS, Adapter, Item, LRUCache, Sample, check_class_names, finalize_mask
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ACDC_CLASSES = ["background", "right_ventricle", "myocardium", "left_ventricle"]
-
-
-class LRUCache:
-    """A few decoded volumes or scenes per process; dropped when the adapter is pickled."""
-
-    def __init__(self, size: int) -> None:
-        self.size = max(0, int(size))
-        self._data: OrderedDict[Any, Any] = OrderedDict()
-
-    def get(self, key: Any, make: Callable[[], Any]) -> Any:
-        if key in self._data:
-            self._data.move_to_end(key)
-            return self._data[key]
-        value = make()
-        if self.size:
-            self._data[key] = value
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-        return value
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"size": self.size, "_data": OrderedDict()}  # workers start empty, not with a copy
 
 
 def nifti_stem(path: Union[str, Path]) -> str:

@@ -44,8 +44,7 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ..io import IMAGE_EXTENSIONS, list_images, read_image, read_mask
 from ..preprocess import RasterPreprocess, band_indexes, select_bands
-from .base import ADAPTERS, Adapter, Item, Sample, check_class_names, finalize_mask, palette_to_index
-from .medical import LRUCache
+from .base import ADAPTERS, Adapter, Item, LRUCache, Sample, check_class_names, finalize_mask, palette_to_index
 
 log = logging.getLogger(__name__)
 GDAL_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
