@@ -151,3 +151,14 @@ def test_real_suite_rows_build_valid_configs() -> None:
             method = METHODS.get(cfg.method.name)
             params_from_dict(method.Params, cfg.method.params, f"method '{cfg.method.name}'")
             assert cfg.train.max_steps >= 2000, (path.name, row.key)
+
+
+def test_row_command_stores_work_dir_relative_to_the_repository() -> None:
+    from segssl.benchmark.suite import REPO, row_command
+
+    suite = load_suite(REPO / "benchmarks" / "suites" / "camvid_cpu.yaml")
+    row = rows(suite, only=["fixmatch"], labels=["1/8"])[0]
+    inside = row_command(suite, row, REPO / "runs" / "benchmarks" / "x", [])
+    assert inside[inside.index("--work-dir") + 1] == "runs/benchmarks/x"
+    outside = row_command(suite, row, Path("/elsewhere/x"), [])
+    assert outside[outside.index("--work-dir") + 1] == "/elsewhere/x"

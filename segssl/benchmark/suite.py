@@ -113,11 +113,20 @@ def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
 
 
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the repository when inside it: rows run from the repository root, so the
+    stored command can be pasted on another checkout."""
+    try:
+        return str(path.resolve().relative_to(REPO.resolve()))
+    except ValueError:
+        return str(path)
+
+
 def row_command(suite: Suite, row: Row, work: Path, extra: list[str]) -> list[str]:
     entry = suite.configs[row.method]
     labeled = "null" if row.label == "all" else str(suite.labeled[row.label])
     overrides = [*entry.overrides, f"data.split.labeled={labeled}", f"train.seed={row.seed}", *suite.overrides, *extra]
-    command = [sys.executable, "tools/train.py", "--config", entry.config, "--work-dir", str(work)]
+    command = [sys.executable, "tools/train.py", "--config", entry.config, "--work-dir", repo_relative(work)]
     command += [a for o in overrides for a in ("--set", o)]
     if (work / "checkpoints" / "last.pt").exists():
         command.append("--resume")
