@@ -5,6 +5,7 @@ import os
 import sys
 from typing import Callable
 
+from ..engine.interrupt import Terminated
 from ..errors import SegsslError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
@@ -16,9 +17,9 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     except SegsslError as exc:
         print(f"error: {_first_cause(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130  # the shells' codes for SIGTERM / SIGINT
 
 
 def _first_cause(exc: BaseException) -> str:

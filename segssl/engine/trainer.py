@@ -25,6 +25,7 @@ from ..models import build_model, output_stride
 from . import distributed as D
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_atomic
 from .evaluate import evaluate
+from .interrupt import sigterm_as_interrupt
 from .logger import MetricsLogger, setup_console_logging
 from .metrics import format_table
 from .optim import build_optimizer, build_scheduler
@@ -218,7 +219,7 @@ class Trainer:
         count = 0
         bar = tqdm(total=cfg.train.max_steps, initial=self.step, disable=not self.dist.is_main, dynamic_ncols=True, desc="train")
         try:
-            with logging_redirect_tqdm():
+            with logging_redirect_tqdm(), sigterm_as_interrupt():
                 tick = time.time()
                 while self.step < cfg.train.max_steps:
                     labeled = self._to_device(next(labeled_iter))
@@ -242,6 +243,7 @@ class Trainer:
         except KeyboardInterrupt:
             log.warning("interrupted at step %d: saving last checkpoint", self.step)
             self.save("last")
+            log.warning("saved %s; continue with --resume --work-dir %s", self.run_dir / "checkpoints" / "last.pt", self.run_dir)
             raise
         finally:
             bar.close()
