@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from segssl.benchmark.report import gap_closed, markdown, write_report
@@ -134,6 +135,52 @@ def test_suite_runs_rows_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     fixmatch = json.loads((tmp_path / "results" / "tiny" / "runs" / "fixmatch__half__s0.json").read_text())
     assert "method.name=fixmatch" in fixmatch["command"] and fixmatch["diagnostics"]["mask_ratio"] is not None
     assert (tmp_path / "results" / "tiny" / "results.md").read_text().startswith("# tiny")
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to look for orphaned processes")
+def test_sigterm_to_the_runner_stops_the_row_with_a_checkpoint_and_the_sweep(tmp_path: Path) -> None:
+    """Stopping a sweep must neither orphan its training process nor move on to the next row."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from segssl.benchmark.suite import REPO
+    from segssl.engine.logger import read_metrics
+
+    config = tiny_config(tmp_path, **{"train.max_steps": 100000, "train.eval_every": 100000})
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"name": "tiny", "configs": {"supervised": str(config)}, "labeled": {"half": 8}}))
+    work = tmp_path / "work"
+    runner = subprocess.Popen(
+        [sys.executable, str(REPO / "tools" / "benchmark.py"), "--suite", str(suite), "--results", str(tmp_path / "results"),
+         "--work-root", str(work)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = work / "tiny" / "supervised__all__s0"
+    deadline = time.time() + 180
+    while not ((first / "metrics.jsonl").exists() and read_metrics(first / "metrics.jsonl")) and runner.poll() is None:
+        assert time.time() < deadline, "the first row never logged a training step"
+        time.sleep(0.2)
+    runner.send_signal(signal.SIGTERM)
+    _, err = runner.communicate(timeout=180)
+    assert runner.returncode == 143, err[-2000:]
+    assert "resume" in err and "Traceback" not in err
+    assert torch.load(first / "checkpoints" / "last.pt", weights_only=False)["step"] >= 1
+    assert not _processes_mentioning(str(work))  # the training process saved and exited with the runner
+    assert not (work / "tiny" / "supervised__half__s0").exists()  # the sweep stopped, not moved on
+    assert not (tmp_path / "results" / "tiny" / "runs").exists() or not any((tmp_path / "results" / "tiny" / "runs").iterdir())
 
 
 def test_real_suite_rows_build_valid_configs() -> None:

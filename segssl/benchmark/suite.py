@@ -1,15 +1,20 @@
 """A suite = methods x labeled subsets x seeds, each row one ``tools/train.py`` run.
 
 Rows are resumable at two levels: a finished row leaves a small JSON (committed) and is skipped
-next time; an interrupted row resumes its training from the run's last checkpoint.
+next time; an interrupted row resumes its training from the run's last checkpoint. Stopping the
+runner stops its training processes the same way (they save ``last.pt``), and a row whose training
+was interrupted stops the sweep instead of counting as failed.
 """
 from __future__ import annotations
 
 import json
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -18,6 +23,7 @@ import torch
 
 from ..config import read_yaml
 from ..engine.logger import read_metrics
+from ..engine.interrupt import Terminated
 from ..errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,21 +176,60 @@ def collect_result(suite: Suite, row: Row, work: Path, command: list[str], secon
     }
 
 
+class RowInterrupted(KeyboardInterrupt):
+    """A row's training was stopped by a signal (it saved ``last.pt``): the sweep stops too."""
+
+
+INTERRUPTED_CODES = {130, 143, -signal.SIGINT, -signal.SIGTERM}  # train.py's codes, or killed by the signal
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+
+
+def stop_rows(interrupt: KeyboardInterrupt, grace: float = 30.0) -> None:
+    """Stop the training processes still running so each saves ``last.pt``. A terminal's Ctrl-C
+    already reached them (same process group): give them ``grace`` seconds to save before SIGTERM,
+    which would end a save midway. A SIGTERM sent to the runner alone is forwarded at once."""
+    with _live_lock:
+        procs = list(_live)
+    deadline = time.time() + (0.0 if isinstance(interrupt, Terminated) else grace)
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait()
+
+
+def _train(command: list[str], log_file: Optional[Path]) -> int:
+    # parallel rows: one log per row instead of interleaved progress bars
+    with log_file.open("a") if log_file is not None else nullcontext() as log:
+        out: dict[str, Any] = {"stdout": log, "stderr": subprocess.STDOUT} if log is not None else {}
+        proc = subprocess.Popen(command, cwd=REPO, **out)
+        with _live_lock:
+            _live.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            if proc.poll() is not None:
+                with _live_lock:
+                    _live.discard(proc)
+
+
 def run_row(suite: Suite, row: Row, results: Path, work_root: Path, extra: Optional[list[str]] = None,
             log_file: Optional[Path] = None) -> dict[str, Any]:
     """Train one row (resuming if it was interrupted) and store its result JSON."""
     work = work_root / suite.name / row.key
     command = row_command(suite, row, work, extra or [])
     started = time.time()
-    if log_file is None:
-        proc = subprocess.run(command, cwd=REPO)
-    else:  # parallel rows: one log per row instead of interleaved progress bars
+    if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        with log_file.open("a") as log:
-            proc = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
+    returncode = _train(command, log_file)
+    if returncode in INTERRUPTED_CODES:
+        raise RowInterrupted(f"row {row.key} was interrupted; run the same command again to resume it")
+    if returncode != 0:
         where = f" (log: {log_file})" if log_file else ""
-        raise RuntimeError(f"row {row.key} failed (exit {proc.returncode}){where}: {' '.join(command)}")
+        raise RuntimeError(f"row {row.key} failed (exit {returncode}){where}: {' '.join(command)}")
     result = collect_result(suite, row, work, command, time.time() - started)
     results.mkdir(parents=True, exist_ok=True)
     tmp = results / f".{row.key}.json.tmp"

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..benchmark.report import write_report
-from ..benchmark.suite import REPO, Row, Suite, load_suite, rows, run_row
+from ..benchmark.suite import REPO, Row, Suite, load_suite, rows, run_row, stop_rows
+from ..engine.interrupt import sigterm_as_interrupt
 from .common import run_cli
 
 
@@ -40,12 +41,19 @@ def _run_pending(suite: Suite, pending: list[Row], results: Path, work_root: Pat
             failures.append(f"{row.key}: {exc}")
             print(f"FAILED {row.key}: {exc}", file=sys.stderr, flush=True)
 
-    if jobs > 1:
-        with ThreadPoolExecutor(jobs) as pool:
+    pool = ThreadPoolExecutor(jobs) if jobs > 1 else None
+    try:
+        if pool is not None:
             list(pool.map(one, pending))
-    else:
-        for row in pending:
-            one(row)
+        else:
+            for row in pending:
+                one(row)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM, or a row's training was stopped
+        stop_rows(interrupt)  # each still-running row saves last.pt before the runner exits
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return failures
 
 
@@ -74,7 +82,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"skip {row.key}: done")
             else:
                 pending.append(row)
-        failures = _run_pending(suite, pending, results / "runs", work_root, args.overrides, args.jobs)
+        try:
+            with sigterm_as_interrupt():
+                failures = _run_pending(suite, pending, results / "runs", work_root, args.overrides, args.jobs)
+        except KeyboardInterrupt as interrupt:
+            print(f"stopped: {interrupt or 'interrupted'}; finished rows are kept, interrupted ones resume "
+                  "from their last checkpoint when the same command runs again", file=sys.stderr)
+            write_report(suite, results, "python tools/benchmark.py --suite " + shlex.quote(args.suite) + " --report-only", work_root)
+            raise
     command = "python tools/benchmark.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(write_report(suite, results, command, work_root))
     if failures:
