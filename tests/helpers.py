@@ -1,6 +1,11 @@
 """Shared helpers for end-to-end tests: tiny demo-data configs."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +39,20 @@ def tiny_config(tmp_path: Path, **overrides: Any) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def terminate_after_first_step(tool: str, args: list[str], run_dir: Path, timeout: float = 180) -> tuple[int, str]:
+    """Start ``tools/<tool>`` with ``args``, send it SIGTERM once ``run_dir`` logged a training
+    step, and return (exit status, stderr)."""
+    from segssl.engine.logger import read_metrics
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / tool), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + timeout
+    metrics = run_dir / "metrics.jsonl"
+    while not (metrics.exists() and read_metrics(metrics)) and proc.poll() is None:
+        assert time.time() < deadline, f"{tool} never logged a training step in {run_dir}"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err

@@ -14,7 +14,7 @@ from segssl.benchmark.suite import MethodEntry, Row, Suite, load_suite, rows, st
 from segssl.cli.benchmark import main
 from segssl.errors import ConfigError
 
-from .helpers import tiny_config
+from .helpers import terminate_after_first_step, tiny_config
 
 
 def _result(method: str, label: str, test_miou: float, seed: int = 0) -> dict:
@@ -151,31 +151,14 @@ def _processes_mentioning(text: str) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to look for orphaned processes")
 def test_sigterm_to_the_runner_stops_the_row_with_a_checkpoint_and_the_sweep(tmp_path: Path) -> None:
     """Stopping a sweep must neither orphan its training process nor move on to the next row."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from segssl.benchmark.suite import REPO
-    from segssl.engine.logger import read_metrics
-
     config = tiny_config(tmp_path, **{"train.max_steps": 100000, "train.eval_every": 100000})
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"name": "tiny", "configs": {"supervised": str(config)}, "labeled": {"half": 8}}))
     work = tmp_path / "work"
-    runner = subprocess.Popen(
-        [sys.executable, str(REPO / "tools" / "benchmark.py"), "--suite", str(suite), "--results", str(tmp_path / "results"),
-         "--work-root", str(work)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
     first = work / "tiny" / "supervised__all__s0"
-    deadline = time.time() + 180
-    while not ((first / "metrics.jsonl").exists() and read_metrics(first / "metrics.jsonl")) and runner.poll() is None:
-        assert time.time() < deadline, "the first row never logged a training step"
-        time.sleep(0.2)
-    runner.send_signal(signal.SIGTERM)
-    _, err = runner.communicate(timeout=180)
-    assert runner.returncode == 143, err[-2000:]
+    returncode, err = terminate_after_first_step("benchmark.py", [
+        "--suite", str(suite), "--results", str(tmp_path / "results"), "--work-root", str(work)], first)
+    assert returncode == 143, err[-2000:]
     assert "resume" in err and "Traceback" not in err
     assert torch.load(first / "checkpoints" / "last.pt", weights_only=False)["step"] >= 1
     assert not _processes_mentioning(str(work))  # the training process saved and exited with the runner

@@ -19,7 +19,7 @@ from segssl.cli.train import main as train_main
 from segssl.data.adapters import build_adapter
 from segssl.engine.logger import read_metrics
 
-from .helpers import REPO, tiny_config
+from .helpers import REPO, terminate_after_first_step, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -132,20 +132,10 @@ def test_cli_subprocess_missing_config_is_one_line(tmp_path: Path) -> None:
 
 def test_sigterm_saves_last_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
     """What a batch scheduler sends (and the only stop signal a ``nohup ... &`` job receives)."""
-    import signal
-
     config = tiny_config(tmp_path, **{"train.max_steps": 100000, "train.eval_every": 100000})
     run = tmp_path / "term"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "train.py"), "--config", str(config), "--work-dir", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while not ((run / "metrics.jsonl").exists() and read_metrics(run / "metrics.jsonl")) and proc.poll() is None:
-        assert time.time() < deadline, "training never logged a step"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-2000:]
+    returncode, err = terminate_after_first_step("train.py", ["--config", str(config), "--work-dir", str(run)], run)
+    assert returncode == 143, err[-2000:]
     assert "--resume" in err and "Traceback" not in err
     step = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["step"]
     assert 1 <= step < 100000
