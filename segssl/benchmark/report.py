@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..engine.logger import read_metrics
-from .suite import Suite, rows
+from .suite import Suite, rows, val_curve
 
 
 def load_results(runs: Path) -> list[dict[str, Any]]:
@@ -61,7 +61,7 @@ def progress(work: Path) -> Optional[str]:
     logs = read_metrics(work / "metrics.jsonl") if (work / "metrics.jsonl").is_file() else []
     if not logs:
         return None
-    val = [(m["step"], m["miou"]) for m in logs if m.get("split") == "val" and "miou" in m]
+    val = val_curve(logs)
     best_step, best_value = max(val, key=lambda sv: sv[1]) if val else (0, 0.0)
     best = f", best val mIoU {best_value:.3f} @ {best_step}" if val else ""
     return f"step {max(m['step'] for m in logs)}{best}"

@@ -158,10 +158,15 @@ def still_rising(curve: list[tuple[int, float]], steps: int, tolerance: float = 
     return max(late) > max(before) + tolerance
 
 
+def val_curve(metrics: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(step, val mIoU) of every evaluation in a run's metrics.jsonl records."""
+    return [(m["step"], m["miou"]) for m in metrics if m.get("split") == "val" and "miou" in m]
+
+
 def collect_result(suite: Suite, row: Row, work: Path, command: list[str], seconds: float) -> dict[str, Any]:
     summary = json.loads((work / "summary.json").read_text())
     metrics = read_metrics(work / "metrics.jsonl")
-    curve = [(m["step"], m["miou"]) for m in metrics if m.get("split") == "val" and "miou" in m]
+    curve = val_curve(metrics)
     test = summary.get("test", {})
     return {
         "suite": suite.name, "row": {"method": row.method, "label": row.label, "seed": row.seed},

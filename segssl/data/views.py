@@ -63,7 +63,7 @@ def strong_pipeline(aug: AugmentConfig, channels: int) -> A.Compose:
         ops.append(A.ToGray(p=aug.grayscale_p))
     else:  # grayscale / multi-band: brightness and contrast only
         ops.append(A.RandomBrightnessContrast(brightness_limit=b * 0.4, contrast_limit=c, p=aug.color_jitter_p))
-    ops.append(A.GaussianBlur(blur_limit=0, sigma_limit=(aug.blur_sigma[0], aug.blur_sigma[1]), p=aug.blur_p))
+    ops.append(A.GaussianBlur(blur_limit=0, sigma_limit=tuple(aug.blur_sigma), p=aug.blur_p))
     return A.Compose(ops)
 
 

@@ -52,7 +52,7 @@ class FixMatchParams:
     threshold: float = 0.95  # UniMatch (0 for Cityscapes)
     lambda_u: float = 1.0  # UniMatch: (L_x + L_u) / 2
     weighting: str = "hard"  # hard | classwise (FreeMatch thresholds, for thin/rare classes)
-    ema_momentum: float = 0.999  # FreeMatch state (for ~1M steps; a few thousand steps want ~0.99)
+    ema_momentum: float = 0.999  # FreeMatch state (chosen for ~1M steps: thresholds start at 1/C and warm up over ~1/(1-m) steps)
     teacher: str = "self"  # self: the model in eval mode | ema: EMA copy (UniMatch V2)
     ema_decay: float = 0.996  # UniMatch V2
     cutmix_p: float = 0.5  # UniMatch

@@ -192,7 +192,7 @@ class PseudoLabelParams:
     ema_decay: float = 0.99  # Mean Teacher (Tarvainen & Valpola 2017), with warm-up
     weighting: str = "hard"  # hard | soft (SoftMatch) | classwise (FreeMatch)
     threshold: float = 0.95  # hard weighting (FixMatch)
-    ema_momentum: float = 0.999  # SoftMatch / FreeMatch statistics (for ~1M steps; a few thousand steps want ~0.99)
+    ema_momentum: float = 0.999  # SoftMatch / FreeMatch statistics (chosen for ~1M steps: thresholds start at 1/C and warm up over ~1/(1-m) steps)
     soft_n_sigma: float = 2.0  # SoftMatch (USB implementation)
     lambda_u: float = 1.0
     rampup_steps: Optional[int] = None  # None: 10% of train.max_steps; 0: no ramp-up
