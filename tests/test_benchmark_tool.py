@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from segssl.benchmark.report import gap_closed, markdown, write_report
-from segssl.benchmark.suite import MethodEntry, Row, Suite, load_suite, rows, still_rising
+from segssl.benchmark.suite import MethodEntry, Row, Suite, load_suite, row_command, rows, still_rising
 from segssl.cli.benchmark import main
 from segssl.errors import ConfigError
 
@@ -87,9 +87,27 @@ def test_suite_file_errors_name_the_key(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"name": "s", "configs": {"supervised": "configs/nope.yaml"}, "labeled": {"a": 1}}))
     with pytest.raises(ConfigError, match="config of 'supervised' not found: configs/nope.yaml"):
         load_suite(path)
+    path.write_text(yaml.safe_dump({"name": "s", "configs": {"supervised": "configs/demo.yaml"}, "labeled": {"ref": "datasets/nope.txt"}}))
+    with pytest.raises(ConfigError, match="labeled.ref: list file not found: datasets/nope.txt"):
+        load_suite(path)
     path.write_text(yaml.safe_dump({"name": "s", "configs": {"supervised": {"config": "configs/demo.yaml", "set": ["method.name=fixmatch"]}},
                                     "labeled": {"a": 1}}))
     assert load_suite(path).configs["supervised"].overrides == ["method.name=fixmatch"]
+
+
+def test_id_list_subset_has_its_own_lower_bound_and_stays_off_the_curve() -> None:
+    from segssl.benchmark.suite import drawn_labels
+
+    suite = Suite(name="t", configs={"supervised": MethodEntry("a"), "fixmatch": MethodEntry("b")},
+                  labeled={"1/8": 2, "1/8ref": "datasets/camvid/reference_draw_46.txt"})
+    found = [_result("supervised", "all", 0.60), _result("supervised", "1/8", 0.40), _result("fixmatch", "1/8", 0.45),
+             _result("supervised", "1/8ref", 0.50), _result("fixmatch", "1/8ref", 0.55)]
+    table = markdown(suite, found, "cmd")
+    assert "| 50% |" in _line(table, "| fixmatch | 1/8ref")  # (0.55 - 0.50) / (0.60 - 0.50), not against 1/8's 0.40
+    assert "| 25% |" in _line(table, "| fixmatch | 1/8 ")
+    assert drawn_labels(suite) == ["1/8"]
+    command = row_command(suite, Row("fixmatch", "1/8ref", 0), Path("w"), [])
+    assert "data.split.labeled=datasets/camvid/reference_draw_46.txt" in command
 
 
 def test_real_suites_load() -> None:
@@ -168,7 +186,7 @@ def test_sigterm_to_the_runner_stops_the_row_with_a_checkpoint_and_the_sweep(tmp
 
 def test_real_suite_rows_build_valid_configs() -> None:
     """Every row of every committed suite gives a config train.py accepts, method params included."""
-    from segssl.benchmark.suite import REPO, row_command
+    from segssl.benchmark.suite import REPO
     from segssl.cli.train import build_config, parse_args
     from segssl.config import params_from_dict
     from segssl.methods import METHODS
@@ -184,7 +202,7 @@ def test_real_suite_rows_build_valid_configs() -> None:
 
 
 def test_row_command_stores_work_dir_relative_to_the_repository() -> None:
-    from segssl.benchmark.suite import REPO, row_command
+    from segssl.benchmark.suite import REPO
 
     suite = load_suite(REPO / "benchmarks" / "suites" / "camvid_cpu.yaml")
     row = rows(suite, only=["fixmatch"], labels=["1/8"])[0]

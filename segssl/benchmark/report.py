@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..engine.logger import read_metrics
-from .suite import Suite, rows, val_curve
+from .suite import Suite, drawn_labels, rows, val_curve
 
 
 def load_results(runs: Path) -> list[dict[str, Any]]:
@@ -143,10 +143,10 @@ def plot(suite: Suite, found: list[dict[str, Any]], path: Path) -> Optional[str]
         return "no plot: matplotlib is not installed (pip install 'segssl[bench]')"
     table = cells(suite, found)
     fig, ax = plt.subplots(figsize=(6, 4))
-    order = list(suite.labeled)
+    order = drawn_labels(suite)
     for method in dict.fromkeys(c.method for c in table if c.label != "all"):
         points = sorted((order.index(c.label), _mean(c.test())) for c in table
-                        if c.method == method and c.label in suite.labeled and c.test())
+                        if c.method == method and c.label in order and c.test())
         if points:
             ax.plot([suite.labeled[order[i]] for i, _ in points], [v for _, v in points], marker="o", label=method)
     upper = next((c for c in table if c.method == suite.upper_method and c.label == "all" and c.test()), None)

@@ -40,7 +40,8 @@ class MethodEntry:
 class Suite:
     name: str
     configs: dict[str, MethodEntry]
-    labeled: dict[str, Union[int, float]]  # row label (e.g. "1/8") -> data.split.labeled
+    # row label (e.g. "1/8") -> data.split.labeled: a count, a fraction or an id-list file (repository-relative)
+    labeled: dict[str, Union[int, float, str]]
     seeds: list[int] = field(default_factory=lambda: [0])
     overrides: list[str] = field(default_factory=list)  # --set applied to every row
     upper_method: str = "supervised"  # trained on all labels: the upper bound
@@ -85,6 +86,9 @@ def load_suite(path: Path) -> Suite:
         overrides=[str(o) for o in raw.get("overrides") or []], upper_method=str(raw.get("upper_method", "supervised")),
         work_root=str(raw.get("work_root", "runs/benchmarks")), description=str(raw.get("description", "")).strip(),
     )
+    for label, value in suite.labeled.items():
+        if isinstance(value, str) and not (REPO / value).is_file():
+            raise ConfigError(f"suite {path}: labeled.{label}: list file not found: {value} (paths are relative to the repository)")
     if suite.upper_method not in suite.configs:
         raise ConfigError(f"suite {path}: upper_method '{suite.upper_method}' has no config")
     return suite
@@ -104,6 +108,12 @@ def rows(suite: Suite, only: Optional[list[str]] = None, labels: Optional[list[s
     if only:  # the caller's order decides which row runs first (the most informative one)
         out.sort(key=lambda r: only.index(r.method))
     return out
+
+
+def drawn_labels(suite: Suite) -> list[str]:
+    """Labeled subsets drawn by count or fraction (the label-efficiency curve's x axis); id-list
+    subsets such as a reference script's own draw are compared in the table only."""
+    return [label for label, value in suite.labeled.items() if not isinstance(value, str)]
 
 
 def commit_id() -> str:
