@@ -56,6 +56,9 @@ def test_resume_continues_at_the_right_step(trained_run: Path, tmp_path: Path) -
     shutil.copytree(trained_run, run)
     before = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert before["step"] == 4
+    assert before["train_seconds"] > 0
+    before["train_seconds"] = 1000.0  # earlier segments' time: the summary adds this segment's to it
+    torch.save(before, run / "checkpoints" / "last.pt")
     assert train_main(["--work-dir", str(run), "--resume", "--set", "train.max_steps=6"]) == 0
     after = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert after["step"] == 6
@@ -64,6 +67,9 @@ def test_resume_continues_at_the_right_step(trained_run: Path, tmp_path: Path) -
     train = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
     assert "resumed from" in (run / "train.log").read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["seconds"] == pytest.approx(1000.0 + summary["seconds_this_segment"], abs=0.11)
+    assert after["train_seconds"] > 1000.0
 
 
 def test_existing_run_is_not_overwritten(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:

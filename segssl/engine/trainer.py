@@ -89,6 +89,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step = 0
         self.best: dict[str, Any] = {"value": -math.inf, "step": None}
+        # training wall time of earlier segments of a resumed run, and when this segment began
+        self.seconds_before, self.segment_start = 0.0, time.time()
         if resume and last.exists():
             self._restore(load_checkpoint(last, self.device))
         elif resume:
@@ -115,6 +117,7 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict(), "rng": capture_rng(),
+            "train_seconds": self.seconds_before + time.time() - self.segment_start,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -125,6 +128,7 @@ class Trainer:
             sched.load_state_dict(state["schedulers"][name])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.best = int(state["step"]), dict(state["best"])
+        self.seconds_before = float(state.get("train_seconds", 0.0))  # absent in checkpoints before it was recorded
         restore_rng(state["rng"])
         log.info("resumed from %s at step %d", self.run_dir / "checkpoints" / "last.pt", self.step)
 
@@ -213,7 +217,7 @@ class Trainer:
             unlabeled_iter = self._stream(self.splits.unlabeled, self.method.unlabeled_views,
                                           d.unlabeled_batch_size or d.batch_size, 1, hide_labels=True)
         val_loader = self._eval_loader(self.splits.val) if self.splits.val else None
-        start_time, start_step = time.time(), self.step
+        self.segment_start, start_step = time.time(), self.step
         sums: dict[str, float] = {}
         seen: dict[str, int] = {}  # per key: diagnostics such as pl_acc are absent from some steps
         count = 0
@@ -247,7 +251,7 @@ class Trainer:
             raise
         finally:
             bar.close()
-        summary = self._finish(time.time() - start_time, self.step - start_step)
+        summary = self._finish(time.time() - self.segment_start, self.step - start_step)
         self.logger.close()
         return summary
 
@@ -277,7 +281,10 @@ class Trainer:
         D.barrier()
 
     def _finish(self, seconds: float, steps: int) -> dict[str, Any]:
-        summary: dict[str, Any] = {"steps": self.step, "seconds": round(seconds, 1),
+        # seconds: the whole run's training time, resumed segments included (time after a segment's
+        # last checkpoint is lost with its steps); the rate is this segment's own
+        summary: dict[str, Any] = {"steps": self.step, "seconds": round(self.seconds_before + seconds, 1),
+                                   "seconds_this_segment": round(seconds, 1),
                                    "steps_per_s": round(steps / max(seconds, 1e-9), 3), "best": self.best}
         if self.splits.test:
             D.barrier()  # rank 0 wrote best.pt
