@@ -52,6 +52,9 @@ class AugmentConfig:
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
 
 
+RESIZE_INTERPOLATIONS = ("linear", "area")
+
+
 @dataclass
 class DataConfig:
     adapter: str = "demo"  # registered adapter name or "package.module:ClassName"
@@ -59,6 +62,10 @@ class DataConfig:
     params: dict[str, Any] = field(default_factory=dict)  # adapter keyword arguments
     split: SplitConfig = field(default_factory=SplitConfig)
     resize: Optional[list[int]] = None  # [H, W] every image is resized to (None: keep)
+    # images shrunk by data.resize / augment.scale: "linear" (bilinear, OpenCV's default: samples
+    # 4 pixels, so thin structures alias away beyond 2x) or "area" (pixel-area average, the plain
+    # reference script's choice); enlarging is bilinear either way, masks always nearest
+    resize_interpolation: str = "linear"
     crop: Optional[list[int]] = None  # [H, W] random training crop (padded when larger)
     # per-channel normalisation of images scaled to [0, 1]; one value is broadcast
     mean: list[float] = field(default_factory=lambda: [0.5])
@@ -266,6 +273,9 @@ def validate(cfg: Config) -> None:
     for key, bounds in (("data.augment.scale", d.augment.scale), ("data.augment.blur_sigma", d.augment.blur_sigma)):
         if len(bounds) != 2 or not 0 < bounds[0] <= bounds[1]:
             raise ConfigError(f"config key '{key}' must be [min, max] with 0 < min <= max")
+    if d.resize_interpolation not in RESIZE_INTERPOLATIONS:
+        raise ConfigError(f"config key 'data.resize_interpolation' must be {' or '.join(RESIZE_INTERPOLATIONS)}, "
+                          f"got '{d.resize_interpolation}'")
     if len(d.mean) != len(d.std) or not all(s > 0 for s in d.std):
         raise ConfigError("config keys 'data.mean' and 'data.std' must have equal length, std > 0")
     if d.batch_size < 1 or d.eval_batch_size < 1:

@@ -189,6 +189,7 @@ def test_invalid_yaml_names_the_file(tmp_path: Path, text: str) -> None:
         ("data.augment.scale=[1.2,0.8]", "data.augment.scale"),
         ("data.augment.blur_sigma=[0,1]", "data.augment.blur_sigma"),
         ("data.std=[0.0]", "data.std"),
+        ("data.resize_interpolation=cubic", "data.resize_interpolation"),
     ],
 )
 def test_validate_cross_field_errors(override: str, key: str) -> None:

@@ -160,6 +160,26 @@ def test_strong_view_blur_sigma_is_configurable() -> None:
     assert 0.02 < peak([2.0, 2.0]) < 0.06
 
 
+def test_resize_interpolation_area_averages_when_shrinking() -> None:
+    """One-pixel stripes every 3 pixels: shrunk 3x, area averaging keeps them as a uniform third
+    of their brightness in the image, bilinear sampling does not; the mask stays nearest."""
+    image = np.zeros((48, 60, 1), np.float32)
+    image[:, ::3] = 1.0
+    mask = np.zeros((48, 60), np.int64)
+    mask[:, ::3] = 1
+
+    def shrunk(mode: str) -> dict[str, torch.Tensor]:
+        cfg = DataConfig(mean=[0.0], std=[1.0], resize=[16, 20], resize_interpolation=mode)
+        return ViewMaker(cfg, channels=1, train=False)({"id": "s", "image": image, "mask": mask, "valid": np.ones((48, 60), bool)})
+
+    area, linear = shrunk("area"), shrunk("linear")
+    torch.testing.assert_close(area["image"], torch.full((1, 16, 20), 1 / 3))
+    assert float((linear["image"] - 1 / 3).abs().max()) > 0.3  # samples stripes or gaps, not their mean
+    assert torch.equal(area["mask"], linear["mask"]) and set(area["mask"].unique().tolist()) <= {0, 1}
+    up = ViewMaker(DataConfig(mean=[0.0], std=[1.0], resize=[96, 120], resize_interpolation="area"), channels=1, train=False)
+    assert up({"id": "u", "image": image})["image"].shape == (1, 96, 120)  # enlarging still works
+
+
 def test_pad_collate_pads_invalid_and_stacks_ids() -> None:
     vm = ViewMaker(DataConfig(), channels=3, train=False)
     a = vm(block_sample(1, h=16, w=24))

@@ -33,13 +33,16 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
 
 def geometry_pipeline(cfg: DataConfig, train: bool) -> A.Compose:
     ops: list[Any] = []
+    # albumentations switches to INTER_AREA only when a side shrinks, for the image only
+    resampling = dict(interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST_EXACT,
+                      area_for_downscale="image" if cfg.resize_interpolation == "area" else None)
     if cfg.resize is not None:
-        ops.append(A.Resize(cfg.resize[0], cfg.resize[1], interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST_EXACT))
+        ops.append(A.Resize(cfg.resize[0], cfg.resize[1], **resampling))
     if train:
         aug = cfg.augment
         low, high = aug.scale
         if (low, high) != (1.0, 1.0):
-            ops.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0))
+            ops.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0, **resampling))
         if cfg.crop is not None:
             h, w = cfg.crop
             # padding carries valid=0, never a sentinel label
