@@ -177,3 +177,17 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
     # the confusion matrices of both ranks were summed: every val pixel counted exactly once
     assert sum(val[0]["support"]) == 6 * 32 * 32
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_runs_saved_before_resize_interpolation_keep_bilinear(trained_run: Path, tmp_path: Path) -> None:
+    """The default became "area"; a checkpoint written without the key was trained on bilinear
+    shrinking, and inference must prepare its images the same way."""
+    from segssl.engine.inference import load_run
+
+    state = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=False)
+    assert state["config"]["data"]["resize_interpolation"] == "area"  # new runs record it
+    del state["config"]["data"]["resize_interpolation"]
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    assert load_run(None, checkpoint=str(old)).cfg.data.resize_interpolation == "linear"
+    assert load_run(trained_run).cfg.data.resize_interpolation == "area"

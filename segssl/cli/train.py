@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..config import Config, apply_overrides, from_dict, read_yaml, validate
+from ..config import Config, apply_overrides, from_dict, read_yaml, saved_run_config, validate
 from ..errors import ConfigError
 from .common import run_cli
 
@@ -30,7 +30,7 @@ def build_config(args: argparse.Namespace) -> Config:
         if not (args.resume and args.work_dir):
             raise ConfigError("--config is required (or --resume with --work-dir of an existing run)")
         saved = Path(args.work_dir) / "config.yaml"
-        raw = read_yaml(saved)
+        raw = saved_run_config(read_yaml(saved))
     else:
         raw = read_yaml(args.config)
     if args.method:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, from_dict
+from ..config import Config, from_dict, saved_run_config
 from ..data.io import adapt_channels, read_image
 from ..data.preprocess import RasterPreprocess, VolumePreprocess, from_meta as preprocess_from_meta, select_bands
 from ..data.views import ViewMaker, to_unit_float
@@ -68,7 +68,7 @@ def load_run(run_dir: str | Path | None, checkpoint: str = "best", device: str |
     for key in ("config", "meta", "model"):
         if key not in state:
             raise SegsslError(f"{path} is not a segssl checkpoint (no '{key}')")
-    cfg = from_dict(Config, state["config"])
+    cfg = from_dict(Config, saved_run_config(state["config"]))
     meta = dict(state["meta"])
     if not adapter_inputs:  # steps no inference code reproduces: refused before anything is read
         try:
