@@ -81,6 +81,8 @@ class Trainer:
         params = params_from_dict(method_cls.Params, cfg.method.params, "method.params")
         make_net = lambda: build_model(cfg.model, self.adapter.in_channels, self.adapter.num_classes)  # noqa: E731
         self.method: Method = method_cls(make_net, self.adapter.num_classes, params).to(self.device)
+        if cfg.train.channels_last:  # only 4-D weights change layout; inputs follow the weights
+            self.method.to(memory_format=torch.channels_last)
         D.broadcast_module(self.method)
         self.stride = output_stride(self.method.eval_model())
         specs = self.method.optimizer_specs()
