@@ -3,6 +3,7 @@ and the report computes the share of the gap closed from the stored results."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 import yaml
 
 from segssl.benchmark.report import gap_closed, markdown, write_report
-from segssl.benchmark.suite import MethodEntry, Row, Suite, load_suite, row_command, rows, still_rising
+from segssl.benchmark.suite import (
+    MethodEntry, Row, Suite, commit_id, load_suite, row_command, rows, still_rising, threads_per_row,
+)
 from segssl.cli.benchmark import main
 from segssl.errors import ConfigError
 
@@ -132,8 +135,21 @@ def test_write_report_files(tmp_path: Path) -> None:
     assert (tmp_path / "t" / "label_efficiency.png").stat().st_size > 1000
 
 
+def test_parallel_rows_split_the_cores_unless_the_caller_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert threads_per_row(1) is None  # one row: torch's own default (all cores)
+    assert (threads_per_row(2), threads_per_row(4), threads_per_row(3)) == (8, 4, 5)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert threads_per_row(4) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads_per_row(2) is None  # inherited as set
+
+
 @pytest.mark.slow
-def test_suite_runs_rows_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_suite_runs_rows_once(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = max(1, (os.cpu_count() or 1) // 2)
     config = tiny_config(tmp_path, **{"train.max_steps": 2, "train.eval_every": 2})
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"name": "tiny", "configs": {
@@ -146,7 +162,9 @@ def test_suite_runs_rows_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     result = json.loads((tmp_path / "results" / "tiny" / "runs" / stored[1]).read_text())
     assert result["steps"] == 2 and 0 <= result["test"]["miou"] <= 1 and "data.split.labeled=8" in result["command"]
     assert result["val_curve"] == [[2, result["best_val_miou"]]] or result["val_curve"][-1][0] == 2
-    assert (tmp_path / "work" / "tiny" / "supervised__half__s0.log").is_file()  # --jobs 2: one log per row
+    log = (tmp_path / "work" / "tiny" / "supervised__half__s0.log").read_text()  # --jobs 2: one log per row
+    assert f"device: cpu ({threads} threads)" in log and f"{threads} torch threads" in result["machine"]
+    assert result["commit"] == commit_id()
     assert main(args[:-2] + ["--labels", "half"]) == 0  # runs the fixmatch row only: the others are stored
     out = capsys.readouterr().out
     assert out.count("skip ") == 1 and "run fixmatch__half__s0" in out

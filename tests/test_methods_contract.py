@@ -62,3 +62,22 @@ def test_method_contract(name: str, tmp_path: Path) -> None:
     # the evaluated network is a plain segmentation model that inference can rebuild
     x = torch.zeros(1, 3, 32, 32)
     assert restored.method.eval_model().eval()(x).shape == (1, 4, 32, 32)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_reaches_every_network_and_matches_nchw(channels_last: bool, tmp_path: Path) -> None:
+    """``train.channels_last`` converts every 4-D weight (model, teacher, discriminator) and
+    changes only the layout: the same step from the same seed gives the same loss."""
+    def first_loss(flag: bool, folder: str) -> tuple[Trainer, float]:
+        (tmp_path / folder).mkdir()
+        cfg = load_config(tiny_config(tmp_path / folder, **{"method.name": "adversarial", "train.channels_last": flag}))
+        trainer = Trainer(cfg, tmp_path / folder / "run")
+        return trainer, float(trainer.train_step(*_batches(trainer))["loss"])
+
+    trainer, loss = first_loss(channels_last, "a")
+    weights = {n: p for n, p in trainer.method.named_parameters() if p.dim() == 4 and p.shape[-1] > 1 and p.shape[1] > 1}
+    assert any(n.startswith("discriminator.") for n in weights) and any(n.startswith("model.") for n in weights)
+    for name, weight in weights.items():
+        assert weight.is_contiguous(memory_format=torch.channels_last) == channels_last, name
+    _, reference = first_loss(not channels_last, "b")
+    assert loss == pytest.approx(reference, rel=1e-4)

@@ -9,7 +9,8 @@ to be committed) and is skipped next time; an interrupted row resumes from its l
 checkpoint. Every row selects its checkpoint the same way (best validation ``miou``) and is
 tested once with it. The report (results.md, results.json, label_efficiency.png) gives test
 mIoU and the share of the lower/upper gap closed. ``--jobs N`` trains N rows at once (a GPU
-machine has room for several small runs); each row then logs to ``<work dir>.log``.
+machine has room for several small runs; on a CPU the cores are split between them, see
+``threads_per_row``); each row then logs to ``<work dir>.log``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..benchmark.report import write_report
-from ..benchmark.suite import REPO, Row, Suite, load_suite, rows, run_row, stop_rows
+from ..benchmark.suite import REPO, Row, Suite, load_suite, rows, run_row, stop_rows, threads_per_row
 from ..engine.interrupt import sigterm_as_interrupt
 from .common import run_cli
 
@@ -29,12 +30,13 @@ from .common import run_cli
 def _run_pending(suite: Suite, pending: list[Row], results: Path, work_root: Path, extra: list[str], jobs: int) -> list[str]:
     """Run rows (``jobs`` at a time); returns one message per failed row, the others still complete."""
     failures: list[str] = []
+    threads = threads_per_row(jobs)
 
     def one(row: Row) -> None:
         log = work_root / suite.name / f"{row.key}.log" if jobs > 1 else None
         print(f"run {row.key}" + (f" (log: {log})" if log else ""), flush=True)
         try:
-            result = run_row(suite, row, results, work_root, extra, log)
+            result = run_row(suite, row, results, work_root, extra, log, threads)
             print(f"done {row.key}: best val mIoU {result['best_val_miou']:.3f} @ {result['best_step']}, "
                   f"test mIoU {result['test']['miou']:.3f}", flush=True)
         except (RuntimeError, OSError, KeyError, ValueError) as exc:

@@ -105,7 +105,8 @@ class Trainer:
         counts = self.splits.counts()
         log.info("data: %s | method: %s | model: %s/%s | device: %s%s | world size %d",
                  ", ".join(f"{k} {v}" for k, v in counts.items()), cfg.method.name, cfg.model.arch,
-                 cfg.model.encoder, self.device, f" amp {self.amp_dtype}" if self.amp_dtype else "", self.dist.world_size)
+                 cfg.model.encoder, self.device, f" amp {self.amp_dtype}" if self.amp_dtype else
+                 f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else "", self.dist.world_size)
 
     # ------------------------------------------------------------------ state
     def meta(self) -> dict[str, Any]:
