@@ -20,8 +20,9 @@ from segssl.errors import ConfigError
 from .helpers import terminate_after_first_step, tiny_config
 
 
-def _result(method: str, label: str, test_miou: float, seed: int = 0) -> dict:
-    return {"row": {"method": method, "label": label, "seed": seed}, "best_val_miou": test_miou, "best_step": 2,
+def _result(method: str, label: str, test_miou: float, seed: int = 0, val_miou: float | None = None) -> dict:
+    val = test_miou if val_miou is None else val_miou
+    return {"row": {"method": method, "label": label, "seed": seed}, "best_val_miou": val, "best_step": 2,
             "test": {"miou": test_miou}, "train_seconds": 60.0, "diagnostics": {"mask_ratio": 0.5, "pl_acc": 0.8}}
 
 
@@ -40,6 +41,13 @@ def test_report_gap_closed_by_hand() -> None:
     assert "| 0% |" in _line(table, "| supervised | 1/8")
     assert "0.50 | 0.80 | 1 |" in _line(table, "| fixmatch")  # diagnostics and minutes
     assert gap_closed(0.5, 0.4, 0.4) is None  # no gap: no share
+
+
+def test_report_gap_closed_on_best_val_beside_test() -> None:
+    found = [_result("supervised", "all", 0.60, val_miou=0.543), _result("supervised", "1/8", 0.40, val_miou=0.404),
+             _result("fixmatch", "1/8", 0.45, val_miou=0.469)]
+    row = _line(markdown(_suite(), found, "cmd"), "| fixmatch")
+    assert "| 25% | 47% |" in row  # test (0.45-0.40)/(0.60-0.40); val: the reference's (0.469-0.404)/(0.543-0.404)
 
 
 def test_report_spread_over_seeds_and_missing_rows() -> None:
