@@ -191,3 +191,10 @@ def test_runs_saved_before_resize_interpolation_keep_bilinear(trained_run: Path,
     torch.save(state, old)
     assert load_run(None, checkpoint=str(old)).cfg.data.resize_interpolation == "linear"
     assert load_run(trained_run).cfg.data.resize_interpolation == "area"
+
+
+def test_inference_model_keeps_the_runs_memory_layout(trained_run: Path) -> None:
+    from segssl.engine.inference import load_run
+
+    conv = next(m for m in load_run(trained_run).model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
+    assert conv.in_channels > 1 and conv.weight.is_contiguous(memory_format=torch.channels_last)

@@ -80,6 +80,8 @@ def load_run(run_dir: str | Path | None, checkpoint: str = "best", device: str |
     model = build_model(_offline(cfg).model, meta["in_channels"], meta["num_classes"])
     model.load_state_dict(state["model"])
     model.to(device).eval()
+    if cfg.train.channels_last:  # the run's layout (a forward of 8x3x128x160 on 2 CPU threads: 0.17 s -> 0.13 s)
+        model.to(memory_format=torch.channels_last)
     return LoadedRun(cfg=cfg, meta=meta, model=model, step=int(state.get("step", 0)), checkpoint=path)
 
 
