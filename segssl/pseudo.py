@@ -23,6 +23,8 @@ __all__ = [
     "update_classwise_state",
     "classwise_thresholds",
     "classwise_weights",
+    "update_class_confidence",
+    "class_mean_thresholds",
     "cutmix_boxes",
     "apply_cutmix",
     "rampup",
@@ -113,6 +115,28 @@ def classwise_thresholds(global_tau: Tensor, class_prob: Tensor) -> Tensor:
     still produce pseudo-labels where a fixed global threshold (e.g. 0.95) would starve them.
     """
     return class_prob / class_prob.max().clamp_min(1e-12) * global_tau
+
+
+def update_class_confidence(class_conf: Tensor, conf: Tensor, label: Tensor, valid: Tensor, momentum: float) -> Tensor:
+    """EMA per class of the mean confidence of the valid pixels pseudo-labelled as that class [C].
+
+    Unlike FreeMatch's mean probability vector, this statistic does not follow how many pixels a
+    class covers: a pole's pixels are judged by how sure the model is of poles, not by how rare
+    poles are. A class absent from the batch keeps its value."""
+    c = class_conf.numel()
+    keep = valid.reshape(-1)
+    labels = label.reshape(-1)[keep].long()
+    counts = torch.bincount(labels, minlength=c).float()
+    sums = torch.bincount(labels, weights=conf.detach().reshape(-1)[keep].float(), minlength=c)
+    old = torch.as_tensor(class_conf, dtype=torch.float32, device=conf.device)
+    return _ema(old, sums / counts.clamp_min(1), momentum, counts > 0)
+
+
+def class_mean_thresholds(class_conf: Tensor, cap: float, floor: float) -> Tensor:
+    """Per-class thresholds ``clamp(class_conf, floor, cap)`` [C]: a class the model predicts with
+    high confidence keeps the global threshold ``cap``; a class it is less sure of accepts its
+    pixels above its own mean confidence, but never below ``floor``."""
+    return class_conf.clamp(min=min(floor, cap), max=cap)
 
 
 def classwise_weights(conf: Tensor, label: Tensor, thresholds: Tensor) -> Tensor:

@@ -186,13 +186,17 @@ def test_ema_teacher_update_after_step() -> None:
     assert all(torch.equal(p, s) for p, s in zip(method.teacher.net.parameters(), method.model.parameters()))
 
 
-def test_classwise_state_updates_and_survives_a_checkpoint() -> None:
-    kwargs = dict(weighting="classwise", cutmix_p=1.0)
+@pytest.mark.parametrize("weighting", ["classwise", "class_mean"])
+def test_classwise_state_updates_and_survives_a_checkpoint(weighting: str) -> None:
+    kwargs = dict(weighting=weighting, cutmix_p=1.0)
     method = build("fixmatch", lambda: LinearNet((0.0, 1.0, -0.5)), **kwargs)
     labeled = make_batch(ch=1)
     method.training_step(labeled, make_batch(ch=1, seed=1, views=("strong",)), make_ctx())
-    assert float(method.weighting.global_tau) != pytest.approx(1 / 3)
-    assert {"weighting.global_tau", "weighting.class_prob"} <= method.state_dict().keys()
+    if weighting == "classwise":
+        assert float(method.weighting.global_tau) != pytest.approx(1 / 3)
+        assert {"weighting.global_tau", "weighting.class_prob"} <= method.state_dict().keys()
+    else:  # moved off the 0.95 it starts at for the classes predicted
+        assert (method.weighting.class_conf != 0.95).any() and "weighting.class_conf" in method.state_dict()
     fresh = roundtrip(method, build("fixmatch", lambda: LinearNet((0.0, 0.0, 0.0)), **kwargs))
     nxt = make_batch(ch=1, seed=2, views=("strong",))
     torch.manual_seed(5)  # same CutMix boxes for both
@@ -200,7 +204,8 @@ def test_classwise_state_updates_and_survives_a_checkpoint() -> None:
     torch.manual_seed(5)
     b = fresh.training_step(labeled, nxt, make_ctx(step=1))
     assert torch.equal(a["loss"], b["loss"]) and a["mask_ratio"] == b["mask_ratio"]
-    assert {"tau/global", "tau/min", "mask_ratio", "mean_conf", "loss/ce", "loss/u_s"} <= a.keys()
+    assert {"tau/min", "mask_ratio", "mean_conf", "loss/ce", "loss/u_s"} <= a.keys()
+    assert ("tau/global" if weighting == "classwise" else "tau/0") in a
 
 
 def test_pl_acc_uses_ground_truth_only_where_known() -> None:

@@ -252,12 +252,13 @@ def test_diagnostics_and_pl_acc_on_a_hand_case() -> None:
     assert {"loss", "loss/ce", "loss/u", "mean_conf", "lambda_u"} <= out.keys()
 
 
-@pytest.mark.parametrize("weighting", ["soft", "classwise"])
+@pytest.mark.parametrize("weighting", ["soft", "classwise", "class_mean"])
 def test_weighting_state_updates_and_survives_a_checkpoint(weighting: str) -> None:
     kwargs = dict(weighting=weighting, threshold=0.95, rampup_steps=0)
     method = build("pseudo_label", lambda: LinearNet((0.0, 1.0, -0.5)), **kwargs)
     keys = {"soft": ("weighting.conf_mean", "weighting.conf_var"),
-            "classwise": ("weighting.global_tau", "weighting.class_prob")}[weighting]
+            "classwise": ("weighting.global_tau", "weighting.class_prob"),
+            "class_mean": ("weighting.class_conf",)}[weighting]
     assert set(keys) <= method.state_dict().keys()
     labeled = make_batch(ch=1, seed=0)
     unlabeled = make_batch(ch=1, seed=1)
@@ -266,6 +267,13 @@ def test_weighting_state_updates_and_survives_a_checkpoint(weighting: str) -> No
         conf = torch.softmax(method.model(unlabeled["image"]), 1).max(1).values
     if weighting == "soft":  # EMA from 1/C with momentum 0.999
         assert float(method.weighting.conf_mean) == pytest.approx(0.999 / 3 + 0.001 * float(conf.mean()), rel=1e-5)
+    elif weighting == "class_mean":  # EMA from the cap 0.95, per predicted class
+        with torch.no_grad():
+            label = method.model(unlabeled["image"]).argmax(1)
+        for c in range(3):
+            seen = label == c
+            expected = 0.95 if not seen.any() else 0.999 * 0.95 + 0.001 * float(conf[seen].mean())
+            assert float(method.weighting.class_conf[c]) == pytest.approx(expected, rel=1e-5)
     else:
         assert float(method.weighting.global_tau) == pytest.approx(0.999 / 3 + 0.001 * float(conf.mean()), rel=1e-5)
     fresh = roundtrip(method, build("pseudo_label", lambda: LinearNet((0.0, 0.0, 0.0)), **kwargs))
@@ -283,3 +291,5 @@ def test_invalid_params_name_the_key() -> None:
         params_from_dict(cls.Params, {"weighting": "fuzzy"}, "method.params")
     with pytest.raises(ConfigError, match="method.params.teacher"):
         params_from_dict(cls.Params, {"teacher": "other"}, "method.params")
+    with pytest.raises(ConfigError, match="method.params.threshold_floor"):
+        params_from_dict(cls.Params, {"threshold_floor": 1.5}, "method.params")

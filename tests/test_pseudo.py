@@ -11,6 +11,7 @@ from torch import nn
 from segssl.losses import weighted_cross_entropy
 from segssl.pseudo import (
     apply_cutmix,
+    class_mean_thresholds,
     classwise_thresholds,
     classwise_weights,
     confidence_and_label,
@@ -21,6 +22,7 @@ from segssl.pseudo import (
     pseudo_label_stats,
     rampup,
     soft_gaussian_weights,
+    update_class_confidence,
     update_classwise_state,
     update_confidence_stats,
 )
@@ -107,6 +109,33 @@ def test_classwise_thresholds_let_rare_class_pass() -> None:
     label = torch.tensor([[[1, 0, 0]]])
     assert torch.equal(classwise_weights(conf, label, thr), flat(1.0, 0.0, 1.0))
     assert torch.equal(hard_weights(conf, 0.95), flat(0.0, 0.0, 1.0))
+
+
+def test_update_class_confidence_by_hand() -> None:
+    # 5 pixels: class 0 predicted at 0.9 and 0.7, class 1 at 0.6, class 0 at 0.2 but invalid,
+    # class 2 never predicted
+    conf = torch.tensor([[[0.9, 0.7, 0.6, 0.2, 0.99]]])
+    label = torch.tensor([[[0, 0, 1, 0, 1]]])
+    valid = torch.tensor([[[True, True, True, False, False]]])
+    old = torch.tensor([0.95, 0.95, 0.95])
+    new = update_class_confidence(old, conf, label, valid, momentum=0.5)
+    # class 0: 0.5*0.95 + 0.5*(0.9+0.7)/2 = 0.875; class 1: 0.5*0.95 + 0.5*0.6 = 0.775; class 2 kept
+    assert torch.allclose(new, torch.tensor([0.875, 0.775, 0.95]), atol=1e-6)
+    assert torch.equal(old, torch.tensor([0.95, 0.95, 0.95]))  # pure
+    # pixel frequency does not enter: one confident pixel of a class weighs like a thousand
+    many = update_class_confidence(old, torch.full((1, 10, 100), 0.9), torch.zeros(1, 10, 100, dtype=torch.long),
+                                   torch.ones(1, 10, 100, dtype=torch.bool), momentum=0.5)
+    assert many[0].item() == pytest.approx(0.925, abs=1e-5)  # float32 sum of 1000 values
+
+
+def test_class_mean_thresholds_cap_floor_and_weights() -> None:
+    thr = class_mean_thresholds(torch.tensor([0.98, 0.7, 0.3]), cap=0.95, floor=0.5)
+    assert torch.allclose(thr, torch.tensor([0.95, 0.7, 0.5]))
+    conf = flat(0.96, 0.94, 0.75, 0.65, 0.55, 0.45)
+    label = torch.tensor([[[0, 0, 1, 1, 2, 2]]])
+    # class 0 keeps the global 0.95; class 1 passes above its mean 0.7; class 2 only above the floor
+    assert torch.equal(classwise_weights(conf, label, thr), flat(1.0, 0.0, 1.0, 0.0, 1.0, 0.0))
+    assert torch.allclose(class_mean_thresholds(torch.tensor([0.2]), cap=0.3, floor=0.6), torch.tensor([0.3]))  # floor above cap: cap
 
 
 def test_cutmix_p0_no_box_p1_always_box_in_range() -> None:

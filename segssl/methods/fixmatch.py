@@ -13,8 +13,9 @@ trainer seeds per rank and checkpoints (reproducible, resumable).
 Pseudo-labels come from the weak view through a deterministic teacher: the model itself in eval
 mode under ``no_grad`` (``teacher: self``) or an EMA copy (``teacher: ema``, decay 0.996 with
 warm-up as in UniMatch V2; it is then the evaluated model). ``weighting: classwise`` replaces the
-global threshold by FreeMatch's self-adaptive class thresholds: at low label fractions thin or
-rare classes rarely reach 0.95 and drop out of the pseudo-labels (a DESIGN.md pitfall).
+global threshold by FreeMatch's self-adaptive class thresholds, ``class_mean`` by thresholds from
+each class's own mean confidence (``pseudo_label.py``): at low label fractions thin or rare
+classes rarely reach 0.95 and drop out of the pseudo-labels (a DESIGN.md pitfall).
 
 UniMatch's extensions are options here and on by default in ``unimatch``: ``feature_perturbation``
 (Dropout2d(0.5) on the encoder features of the weak view, decoded into a prediction trained on
@@ -40,7 +41,7 @@ from ..losses import masked_cross_entropy, weighted_cross_entropy
 from ..pseudo import apply_cutmix, cutmix_boxes, rampup
 from .base import METHODS, Batch, Method, StepContext, StepOutput
 from .pseudo_label import (
-    TEACHERS, ConfidenceWeighting, EmaTeacher, TeacherMixin, check_choice, joint_forward,
+    TEACHERS, ConfidenceWeighting, EmaTeacher, TeacherMixin, check_choice, check_unit_interval, joint_forward,
     require_unlabeled, unlabeled_diagnostics,
 )
 
@@ -51,7 +52,8 @@ FP_SHARE = 0.5  # UniMatch: the feature-perturbation stream gets half of the unl
 class FixMatchParams:
     threshold: float = 0.95  # UniMatch (0 for Cityscapes)
     lambda_u: float = 1.0  # UniMatch: (L_x + L_u) / 2
-    weighting: str = "hard"  # hard | classwise (FreeMatch thresholds, for thin/rare classes)
+    weighting: str = "hard"  # hard | classwise (FreeMatch thresholds) | class_mean (see pseudo_label.py), for thin/rare classes
+    threshold_floor: float = 0.5  # class_mean: no class threshold below this
     ema_momentum: float = 0.999  # FreeMatch state (chosen for ~1M steps: thresholds start at 1/C and warm up over ~1/(1-m) steps)
     teacher: str = "self"  # self: the model in eval mode | ema: EMA copy (UniMatch V2)
     ema_decay: float = 0.996  # UniMatch V2
@@ -64,7 +66,8 @@ class FixMatchParams:
 
     def __post_init__(self) -> None:
         check_choice(self.teacher, TEACHERS, "teacher")
-        check_choice(self.weighting, ("hard", "classwise"), "weighting")
+        check_choice(self.weighting, ("hard", "classwise", "class_mean"), "weighting")
+        check_unit_interval(self.threshold_floor, "threshold_floor")
         area = list(self.cutmix_area)
         if len(area) != 2 or not 0.0 < area[0] <= area[1] <= 1.0:
             raise ConfigError(f"method.params.cutmix_area must be [low, high] with 0 < low <= high <= 1, got {self.cutmix_area}")
@@ -93,7 +96,8 @@ class FixMatch(TeacherMixin, Method):
         if params.feature_perturbation and not all(hasattr(self.model, a) for a in ("encoder", "decoder", "segmentation_head")):
             raise ConfigError("method.params.feature_perturbation needs an encoder-decoder model "
                               "(segmentation_models_pytorch: encoder, decoder, segmentation_head)")
-        self.weighting = ConfidenceWeighting(params.weighting, num_classes, params.threshold, params.ema_momentum)
+        self.weighting = ConfidenceWeighting(params.weighting, num_classes, params.threshold, params.ema_momentum,
+                                             floor=params.threshold_floor)
         self.teacher = EmaTeacher(self.model) if params.teacher == "ema" else None
 
 

@@ -13,7 +13,13 @@ teacher labelled (FixMatch/UniMatch add a strong view, see ``fixmatch.py``).
 * Per-pixel weights (``weighting``): ``hard`` - ``conf >= threshold`` (0.95, FixMatch);
   ``soft`` - SoftMatch's truncated Gaussian (Chen et al., ICLR 2023: EMA mean/variance of the
   confidence, initialised at 1/C and 1, momentum 0.999, n_sigma 2); ``classwise`` - FreeMatch's
-  self-adaptive class thresholds (Wang et al., ICLR 2023: initialised at 1/C, momentum 0.999).
+  self-adaptive class thresholds (Wang et al., ICLR 2023: initialised at 1/C, momentum 0.999);
+  ``class_mean`` - each class's threshold is the EMA of the mean confidence of the pixels
+  pseudo-labelled as that class, capped at ``threshold`` and floored at ``threshold_floor``
+  (starting at the cap). FreeMatch scales by the mean probability mass of each class, which in
+  segmentation follows pixel frequency: on CamVid it put the thresholds of poles and bicyclists
+  (0.3-1% of the pixels) near 0.01 and let their every prediction through; ``class_mean`` judges
+  a class by how sure the model is of it, not by how much of the image it covers.
   Their statistics are registered buffers, so they are checkpointed and resumed. With ``hard``
   and ``classwise``, pixels below threshold get weight 0: they are never trained towards any
   class (least of all class 0); ``soft`` gives them a small weight towards their own arg-max.
@@ -41,18 +47,24 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..losses import masked_cross_entropy, weighted_cross_entropy
 from ..pseudo import (
-    classwise_thresholds, classwise_weights, confidence_and_label, ema_decay, ema_update_, hard_weights,
-    pseudo_label_stats, rampup, soft_gaussian_weights, update_classwise_state, update_confidence_stats,
+    class_mean_thresholds, classwise_thresholds, classwise_weights, confidence_and_label, ema_decay, ema_update_,
+    hard_weights, pseudo_label_stats, rampup, soft_gaussian_weights, update_class_confidence, update_classwise_state,
+    update_confidence_stats,
 )
 from .base import METHODS, Batch, Method, StepContext, StepOutput, hidden_ground_truth
 
 TEACHERS = ("self", "ema")
-WEIGHTINGS = ("hard", "soft", "classwise")
+WEIGHTINGS = ("hard", "soft", "classwise", "class_mean")
 
 
 def check_choice(value: str, choices: Sequence[str], key: str) -> None:
     if value not in choices:
         raise ConfigError(f"method.params.{key} is '{value}'; choose one of: {', '.join(choices)}")
+
+
+def check_unit_interval(value: float, key: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"method.params.{key} must be in [0, 1], got {value}")
 
 
 # ---------------------------------------------------------------------------- teachers
@@ -113,16 +125,18 @@ class ConfidenceWeighting(nn.Module):
     """Pseudo-labels and per-pixel weights from teacher logits; running statistics as buffers."""
 
     def __init__(self, mode: str, num_classes: int, threshold: float = 0.95, momentum: float = 0.999,
-                 n_sigma: float = 2.0) -> None:
+                 n_sigma: float = 2.0, floor: float = 0.5) -> None:
         super().__init__()
         check_choice(mode, WEIGHTINGS, "weighting")
-        self.mode, self.threshold, self.momentum, self.n_sigma = mode, threshold, momentum, n_sigma
+        self.mode, self.threshold, self.momentum, self.n_sigma, self.floor = mode, threshold, momentum, n_sigma, floor
         if mode == "soft":  # SoftMatch initial values
             self.register_buffer("conf_mean", torch.tensor(1.0 / num_classes))
             self.register_buffer("conf_var", torch.tensor(1.0))
         elif mode == "classwise":  # FreeMatch initial values
             self.register_buffer("global_tau", torch.tensor(1.0 / num_classes))
             self.register_buffer("class_prob", torch.full((num_classes,), 1.0 / num_classes))
+        elif mode == "class_mean":  # starts as the hard threshold: no flood of early pseudo-labels
+            self.register_buffer("class_conf", torch.full((num_classes,), float(threshold)))
 
     @torch.no_grad()
     def forward(self, logits: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -138,7 +152,9 @@ class ConfidenceWeighting(nn.Module):
                 self.conf_var.copy_(var)
             # USB's SoftMatch divides the variance by n_sigma^2: weight 1/e^2 at n_sigma std below
             return conf, label, soft_gaussian_weights(conf, self.conf_mean, self.conf_var / self.n_sigma**2)
-        if self.training:
+        if self.training and self.mode == "class_mean":
+            self.class_conf.copy_(update_class_confidence(self.class_conf, conf, label, valid, self.momentum))
+        elif self.training:
             probs = F.softmax(logits.detach().float(), dim=1)
             tau, prob = update_classwise_state(self.global_tau, self.class_prob, probs, valid, self.momentum)
             self.global_tau.copy_(tau)
@@ -146,6 +162,8 @@ class ConfidenceWeighting(nn.Module):
         return conf, label, classwise_weights(conf, label, self.thresholds())
 
     def thresholds(self) -> Tensor:
+        if self.mode == "class_mean":
+            return class_mean_thresholds(self.class_conf, self.threshold, self.floor)
         return classwise_thresholds(self.global_tau, self.class_prob)
 
     def state_stats(self) -> dict[str, Any]:
@@ -153,6 +171,9 @@ class ConfidenceWeighting(nn.Module):
             return {"soft/mean": self.conf_mean.detach(), "soft/var": self.conf_var.detach()}
         if self.mode == "classwise":
             return {"tau/global": self.global_tau.detach(), "tau/min": self.thresholds().min().detach()}
+        if self.mode == "class_mean":  # per class, beside mask_ratio/<c>: which classes the floor holds
+            return {"tau/min": self.thresholds().min().detach(),
+                    **{f"tau/{c}": t for c, t in enumerate(self.thresholds().detach())}}
         return {}
 
 
@@ -190,8 +211,9 @@ def require_unlabeled(unlabeled: Optional[Batch], name: str) -> Batch:
 class PseudoLabelParams:
     teacher: str = "self"  # self: the model in eval mode | ema: EMA copy (then the evaluated model)
     ema_decay: float = 0.99  # Mean Teacher (Tarvainen & Valpola 2017), with warm-up
-    weighting: str = "hard"  # hard | soft (SoftMatch) | classwise (FreeMatch)
-    threshold: float = 0.95  # hard weighting (FixMatch)
+    weighting: str = "hard"  # hard | soft (SoftMatch) | classwise (FreeMatch) | class_mean (see ConfidenceWeighting)
+    threshold: float = 0.95  # hard weighting (FixMatch); the cap of class_mean
+    threshold_floor: float = 0.5  # class_mean: no class threshold below this
     ema_momentum: float = 0.999  # SoftMatch / FreeMatch statistics (chosen for ~1M steps: thresholds start at 1/C and warm up over ~1/(1-m) steps)
     soft_n_sigma: float = 2.0  # SoftMatch (USB implementation)
     lambda_u: float = 1.0
@@ -200,6 +222,7 @@ class PseudoLabelParams:
     def __post_init__(self) -> None:
         check_choice(self.teacher, TEACHERS, "teacher")
         check_choice(self.weighting, WEIGHTINGS, "weighting")
+        check_unit_interval(self.threshold_floor, "threshold_floor")
 
 
 @METHODS.register("pseudo_label")
@@ -213,7 +236,7 @@ class PseudoLabel(TeacherMixin, Method):
     def __init__(self, build_model: Any, num_classes: int, params: PseudoLabelParams) -> None:
         super().__init__(build_model, num_classes, params)
         self.weighting = ConfidenceWeighting(params.weighting, num_classes, params.threshold,
-                                             params.ema_momentum, params.soft_n_sigma)
+                                             params.ema_momentum, params.soft_n_sigma, params.threshold_floor)
         self.teacher = EmaTeacher(self.model) if params.teacher == "ema" else None
 
 
