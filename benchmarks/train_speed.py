@@ -8,7 +8,11 @@ plain ``backward()`` and ``optimizer.step()`` on the same model and batch. The r
 is the trainer's overhead (target <= 1.15 on CPU). Also: data-loading throughput of the
 configured loader and the process's peak RSS.
 
-  python benchmarks/train_speed.py [--config configs/demo.yaml] [--steps 12] [--out benchmarks/results/speed_cpu.md]
+  python benchmarks/train_speed.py [--config configs/demo.yaml] [--steps 12] [--set key=value ...]
+                                   [--out benchmarks/results/speed_cpu.md]
+
+Each method runs with its library defaults (``method.params`` reset), so any config can serve,
+e.g. a semi-supervised CamVid config for its labeled/unlabeled split.
 """
 from __future__ import annotations
 
@@ -48,8 +52,8 @@ def bare_step(trainer: Trainer, labeled: dict, unlabeled: dict | None) -> None:
     method.on_after_step(ctx)
 
 
-def measure(config: str, name: str, steps: int, work: Path) -> dict[str, float]:
-    cfg = load_config(config, [f"method.name={name}", "train.max_steps=100000"])
+def measure(config: str, name: str, steps: int, work: Path, overrides: list[str]) -> dict[str, float]:
+    cfg = load_config(config, [*overrides, f"method.name={name}", "method.params={}", "train.max_steps=100000"])
     trainer = Trainer(cfg, work / name)
     d = cfg.data
     labeled_stream = trainer._stream(trainer.splits.labeled, (), d.batch_size, 0)
@@ -80,12 +84,14 @@ def main() -> int:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--methods", nargs="*", default=METHODS.names())
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every method, as in tools/train.py")
     parser.add_argument("--out", help="write the Markdown table here")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.methods:
-            r = measure(args.config, name, args.steps, Path(tmp))
+            r = measure(args.config, name, args.steps, Path(tmp), args.overrides)
             rows.append(f"| {name} | {1000 * r['trainer_s']:.0f} | {1000 * r['bare_s']:.0f} | {r['ratio']:.3f} | {1000 * r['load_s']:.0f} |")
             print(rows[-1], flush=True)
     commit = commit_id()
@@ -94,7 +100,8 @@ def main() -> int:
         f"# Training-step overhead ({args.config}, median of {args.steps} alternating steps)", "",
         "| method | trainer step ms | bare step ms | ratio | batch load ms (configured workers) |", "|---|---|---|---|---|",
         *rows, "",
-        f"command: `python benchmarks/train_speed.py --config {args.config} --steps {args.steps}`; commit {commit}; "
+        f"command: `python benchmarks/train_speed.py --config {args.config} --steps {args.steps}"
+        f"{''.join(f' --set {o}' for o in args.overrides)}`; commit {commit}; "
         f"{machine()}; peak RSS {peak:.0f} MiB.",
     ])
     print(table)
