@@ -55,6 +55,7 @@ from segssl.audit.oof import load_probs, oof_path, train_and_predict  # noqa: E4
 from segssl.audit.pipeline import add_cleanlab, score_items, valid_of  # noqa: E402
 from segssl.audit.scoring import AuditParams, ranking  # noqa: E402
 from segssl.benchmark.suite import commit_id, machine  # noqa: E402
+from segssl.cli.common import add_override_argument  # noqa: E402
 from segssl.config import Config, apply_overrides, from_dict, read_yaml, validate  # noqa: E402
 from segssl.data.adapters import build_adapter  # noqa: E402
 from segssl.data.io import read_mask  # noqa: E402
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default="camvid", help="results name and work folder (runs/label_noise/<name>)")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "camvid"), help="CamVid (SegNet) folder")
     p.add_argument("--config", default="configs/camvid_supervised.yaml", help="training config of the audit's models")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    add_override_argument(p, "config override (repeatable)")
     p.add_argument("--images", type=int, help="audit this many training images (seeded draw; default all)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--corrupt", type=float, default=0.3, help="fraction of images corrupted (default 0.3)")

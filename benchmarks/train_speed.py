@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segssl.benchmark.suite import commit_id, machine  # noqa: E402
+from segssl.cli.common import add_override_argument  # noqa: E402
 from segssl.config import load_config  # noqa: E402
 from segssl.engine.trainer import Trainer  # noqa: E402
 from segssl.methods import METHODS, StepContext  # noqa: E402
@@ -84,8 +85,7 @@ def main() -> int:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--methods", nargs="*", default=METHODS.names())
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every method, as in tools/train.py")
+    add_override_argument(parser, "config override for every method, as in tools/train.py")
     parser.add_argument("--out", help="write the Markdown table here")
     args = parser.parse_args()
     rows = []

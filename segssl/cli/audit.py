@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError
-from .common import run_cli
+from .common import add_override_argument, run_cli
 from .train import build_config
 
 
@@ -30,8 +30,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="segssl-audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="experiment YAML, as for tools/train.py")
     p.add_argument("--method", help="override the config's method (registered name)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value by dotted key, e.g. train.max_steps=500 (repeatable)")
+    add_override_argument(p)
     p.add_argument("--work-dir", required=True, help="audit folder: fold runs, out-of-fold probabilities, reports")
     p.add_argument("--folds", type=int, default=5, help="K: number of folds, each held out once (default 5)")
     p.add_argument("--fold-seed", type=int, help="seed of the fold assignment (default: data.split.seed)")

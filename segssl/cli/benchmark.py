@@ -24,7 +24,7 @@ from typing import Optional
 from ..benchmark.report import write_report
 from ..benchmark.suite import REPO, Row, Suite, load_suite, rows, run_row, stop_rows, threads_per_row
 from ..engine.interrupt import sigterm_as_interrupt
-from .common import run_cli
+from .common import add_override_argument, run_cli
 
 
 def _run_pending(suite: Suite, pending: list[Row], results: Path, work_root: Path, extra: list[str], jobs: int) -> list[str]:
@@ -65,8 +65,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--only", nargs="*", help="run only these methods, in this order")
     parser.add_argument("--labels", nargs="*", help="run only these labeled subsets (e.g. 1/8 all)")
     parser.add_argument("--jobs", type=int, default=1, help="rows trained at once (default 1)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra override for every row run now (e.g. train.device=cuda); recorded in each row's command")
+    add_override_argument(parser, "extra override for every row run now (e.g. train.device=cuda); recorded in each row's command")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from stored results")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="results folder (committed)")
     parser.add_argument("--work-root", help="run directories with checkpoints (default: the suite's work_root)")

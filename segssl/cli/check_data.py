@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import load_config
 from ..errors import SegsslError
-from .common import run_cli
+from .common import add_override_argument, run_cli
 
 CATEGORIES = (  # first matching keyword decides; the full message is kept
     ("unreadable", ("not found", "cannot decode", "cannot read", "unreadable")),
@@ -187,7 +187,7 @@ def format_split(name: str, r: dict[str, Any]) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="segssl-check-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML (its data section is checked)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    add_override_argument(parser)
     parser.add_argument("--split", action="append", help="check only this adapter split (repeatable)")
     parser.add_argument("--json", help="also write the full report (every error and warning) to this file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -1,6 +1,7 @@
 """Shared CLI plumbing: clear one-line errors instead of tracebacks for user mistakes."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Callable
@@ -9,6 +10,12 @@ from ..engine.interrupt import Terminated
 from ..errors import SegsslError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
+
+
+def add_override_argument(parser: argparse.ArgumentParser,
+                          help: str = "override a config value by dotted key, e.g. train.max_steps=500 (repeatable)") -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``, as every config-driven command takes it."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

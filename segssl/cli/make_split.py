@@ -27,7 +27,7 @@ import numpy as np
 
 from ..config import load_config
 from ..errors import ConfigError, DataError
-from .common import run_cli
+from .common import add_override_argument, run_cli
 
 Amount = Union[float, int]
 
@@ -92,7 +92,7 @@ def draw(
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="segssl-make-split", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML (its data section names the adapter and pool)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    add_override_argument(parser)
     parser.add_argument("--labeled", required=True, help="labeled part: fraction (0.125, 1/8) of the pool left after val/test, or a count (46)")
     parser.add_argument("--val", help="draw a validation part from the pool (fraction or count)")
     parser.add_argument("--test", help="draw a test part from the pool (fraction or count)")

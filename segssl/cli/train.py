@@ -11,15 +11,14 @@ from pathlib import Path
 
 from ..config import Config, apply_overrides, from_dict, read_yaml, saved_run_config, validate
 from ..errors import ConfigError
-from .common import run_cli
+from .common import add_override_argument, run_cli
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="segssl-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="experiment YAML (optional with --resume: the run's saved config is used)")
     parser.add_argument("--method", help="override the config's method (registered name)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value by dotted key, e.g. train.max_steps=500 (repeatable)")
+    add_override_argument(parser)
     parser.add_argument("--work-dir", help="run directory (default: runs/<name>-<method>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --work-dir from its last checkpoint")
     return parser.parse_args(argv)
