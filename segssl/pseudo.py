@@ -218,12 +218,14 @@ def ema_decay(step: int, decay: float) -> float:
 
 
 @torch.no_grad()
-def ema_update_(teacher: nn.Module, student: nn.Module, decay: float) -> None:
-    """In place: float parameters ``t = decay*t + (1-decay)*s``; all buffers copied from student.
+def ema_update_(teacher: nn.Module, student: nn.Module, decay: float, copy_buffers: bool = True) -> None:
+    """In place: float parameters ``t = decay*t + (1-decay)*s``; buffers copied from the student
+    (``copy_buffers``) or left as they are.
 
-    Buffers (BatchNorm running statistics, ``num_batches_tracked``) are copied, not averaged:
-    they already are running averages, and copying keeps them consistent with the data the
-    student normalises with. Modules must have identical parameter/buffer names and shapes.
+    Copied buffers (BatchNorm running statistics, ``num_batches_tracked``) are not averaged: they
+    already are running averages. They describe the *student's* activations, though; an EMA
+    teacher of a network trained from scratch keeps its own instead (see ``EmaTeacher``).
+    Modules must have identical parameter/buffer names and shapes.
     """
     t_params = dict(teacher.named_parameters())
     s_params = dict(student.named_parameters())
@@ -235,6 +237,8 @@ def ema_update_(teacher: nn.Module, student: nn.Module, decay: float) -> None:
             t.mul_(decay).add_(s.to(t.dtype), alpha=1.0 - decay)
         else:
             t.copy_(s)
+    if not copy_buffers:
+        return
     t_bufs = dict(teacher.named_buffers())
     s_bufs = dict(student.named_buffers())
     if t_bufs.keys() != s_bufs.keys():

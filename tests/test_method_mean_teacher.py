@@ -26,20 +26,23 @@ def test_teacher_is_a_frozen_eval_mode_copy() -> None:
     assert any(k.startswith("teacher.net.") for k in method.state_dict())
 
 
-def test_teacher_pass_is_deterministic_and_leaves_its_statistics_alone() -> None:
+def test_teacher_pass_has_no_dropout_and_updates_only_the_teachers_statistics() -> None:
     torch.manual_seed(0)
     method = build("mean_teacher", TinyNet)
     teacher_calls = record_modes(method.teacher.net)
     student_calls = record_modes(method.model)
-    bn = method.teacher.net.encoder.bn
-    stats = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
+    t_bn, s_bn = method.teacher.net.encoder.bn, method.model.encoder.bn
     unlabeled = make_batch(b=3, seed=1, views=("strong",))
+    weak = unlabeled["image"].clone()
     method.training_step(make_batch(b=2), unlabeled, make_ctx())
-    assert teacher_calls == [("BatchNorm2d", False, False, 3), ("Dropout2d", False, False, 3)]
+    # teacher: BatchNorm on the 3 weak images' statistics, no dropout, no graph
+    assert teacher_calls == [("BatchNorm2d", True, False, 3), ("Dropout2d", False, False, 3)]
     assert student_calls == [("BatchNorm2d", True, True, 5), ("Dropout2d", True, True, 5)]
-    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
-    assert int(bn.num_batches_tracked) == stats[2]
-    assert torch.equal(method.teacher(unlabeled["image"]), method.teacher(unlabeled["image"]))  # no dropout
+    assert int(t_bn.num_batches_tracked) == 1 and int(s_bn.num_batches_tracked) == 1
+    expected = 0.1 * method.teacher.net.encoder.conv(weak).mean((0, 2, 3))  # momentum 0.1 from zeros
+    assert torch.allclose(t_bn.running_mean, expected, atol=1e-5)
+    assert not torch.allclose(t_bn.running_mean, s_bn.running_mean)  # the student saw 5 other images
+    assert torch.equal(method.teacher(weak), method.teacher(weak))  # deterministic for a batch
 
 
 def test_ema_update_math_after_step() -> None:
@@ -59,8 +62,8 @@ def test_ema_update_math_after_step() -> None:
     for name, p in method.teacher.net.named_parameters():
         assert torch.allclose(p, 0.99 * before[name] + 0.01 * student[name], atol=1e-6), name
     t_bn, s_bn = method.teacher.net.encoder.bn, method.model.encoder.bn
-    assert torch.equal(t_bn.running_mean, s_bn.running_mean)  # buffers copied, not averaged
-    assert int(t_bn.num_batches_tracked) == int(s_bn.num_batches_tracked)
+    assert not torch.equal(t_bn.running_mean, s_bn.running_mean)  # its own statistics, not the student's
+    assert int(t_bn.num_batches_tracked) == 0 and int(s_bn.num_batches_tracked) == 1
 
 
 def test_consistency_compares_student_strong_with_teacher_weak() -> None:

@@ -147,13 +147,26 @@ def test_deterministic_logits_is_eval_no_grad_and_restores_modes() -> None:
         assert torch.allclose(a, net.eval()(x))
 
 
-def test_ema_teacher_stays_in_eval_mode_and_is_frozen() -> None:
-    teacher = EmaTeacher(TinyNet())
+def test_ema_teacher_is_frozen_without_dropout_and_keeps_its_own_batchnorm_statistics() -> None:
+    torch.manual_seed(0)
+    student = TinyNet()
+    teacher = EmaTeacher(student)
     teacher.train()
     assert not teacher.training and not any(m.training for m in teacher.net.modules())
     assert not any(p.requires_grad for p in teacher.parameters())
-    x = torch.randn(2, 3, 8, 8)
-    assert torch.equal(teacher(x), teacher(x))
+    calls = record_modes(teacher.net)
+    x = torch.randn(4, 3, 8, 8) * 3 + 2
+    student_stats = student.encoder.bn.running_mean.clone()
+    a, b = teacher(x), teacher(x)
+    assert torch.equal(a, b)  # deterministic: no dropout, batch statistics of the same batch
+    assert calls[:2] == [("BatchNorm2d", True, False, 4), ("Dropout2d", False, False, 4)]
+    assert not any(m.training for m in teacher.net.modules())  # back in eval mode for evaluation
+    bn = teacher.net.encoder.bn
+    # two passes, momentum 0.1 from the copied zeros: 0.19 of the batch mean of the conv output
+    conv_out = teacher.net.encoder.conv(x)
+    assert torch.allclose(bn.running_mean, 0.19 * conv_out.mean((0, 2, 3)), atol=1e-5)
+    assert int(bn.num_batches_tracked) == 2
+    assert torch.equal(student.encoder.bn.running_mean, student_stats)  # the student is untouched
 
 
 # ---------------------------------------------------------------------------- the method
@@ -224,7 +237,9 @@ def test_ema_teacher_update_after_step() -> None:
     student = method.model.state_dict()
     for name, p in method.teacher.net.named_parameters():
         assert torch.allclose(p, 0.9 * before[name] + 0.1 * student[name], atol=1e-6), name
-    assert torch.equal(method.teacher.net.encoder.bn.running_mean, method.model.encoder.bn.running_mean)
+    # its BatchNorm statistics stay its own (the student's moved with the forward above)
+    assert torch.equal(method.teacher.net.encoder.bn.running_mean, before["encoder.bn.running_mean"])
+    assert not torch.equal(method.model.encoder.bn.running_mean, before["encoder.bn.running_mean"])
     assert method.eval_model() is method.teacher.net
 
 

@@ -239,6 +239,20 @@ def test_ema_update_linear_and_batchnorm() -> None:
     assert torch.equal(teacher[0].weight, student[0].weight)
 
 
+def test_ema_update_can_keep_the_teachers_own_buffers() -> None:
+    teacher, student = _net(), _net()
+    with torch.no_grad():
+        teacher[1].running_var.fill_(0.5)
+        student[1].running_var.fill_(3.0)
+        student[1].num_batches_tracked.fill_(5)
+        student[0].weight.fill_(2.0)
+        teacher[0].weight.fill_(0.0)
+    ema_update_(teacher, student, decay=0.5, copy_buffers=False)
+    assert torch.allclose(teacher[0].weight, torch.tensor([[1.0, 1.0]]))  # parameters still averaged
+    assert torch.equal(teacher[1].running_var, torch.tensor([0.5]))
+    assert teacher[1].num_batches_tracked.item() == 0
+
+
 def test_pseudo_label_stats_2x2() -> None:
     label = torch.tensor([[[0, 1], [1, 1]]])
     weight = torch.tensor([[[1.0, 0.0], [1.0, 0.5]]])

@@ -4,9 +4,10 @@ Tarvainen & Valpola, "Mean teachers are better role models" (NeurIPS 2017). The 
 deep copy of the student whose weights follow ``t = d t + (1 - d) s`` after every optimizer step
 (``on_after_step``), with ``d = min(0.99, 1 - 1/(step + 1))``: the paper's 0.99 during ramp-up,
 with a warm-up so the early average is not dominated by the random initialisation. It never
-receives gradients and always runs in eval mode (no dropout, no BatchNorm statistic update; its
-BatchNorm statistics are copied from the student). It is the evaluated and checkpointed model,
-as in the paper, where the teacher is the more accurate of the two.
+receives gradients or uses dropout; its BatchNorm layers normalise each teacher pass with the
+batch's statistics and keep their own running averages of them, as in the paper's code (why:
+``EmaTeacher``). It is the evaluated and checkpointed model, as in the paper, where the teacher
+is the more accurate of the two.
 
 Consistency: ``softmax_mse`` (``sum_c (p_s - p_t)^2``, mean over valid unlabeled pixels) between
 the student on the strong view and the teacher on the weak view; the views share geometry, so
