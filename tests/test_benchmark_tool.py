@@ -12,7 +12,8 @@ import yaml
 
 from segssl.benchmark.report import gap_closed, markdown, write_report
 from segssl.benchmark.suite import (
-    MethodEntry, Row, Suite, commit_id, load_suite, row_command, rows, still_rising, threads_per_row,
+    MethodEntry, Row, Suite, collect_result, commit_id, load_suite, record_segment, row_command, rows, still_rising,
+    threads_per_row,
 )
 from segssl.cli.benchmark import main
 from segssl.errors import ConfigError
@@ -236,3 +237,22 @@ def test_row_command_stores_work_dir_relative_to_the_repository() -> None:
     assert inside[inside.index("--work-dir") + 1] == "runs/benchmarks/x"
     outside = row_command(suite, row, Path("/elsewhere/x"), [])
     assert outside[outside.index("--work-dir") + 1] == "/elsewhere/x"
+
+
+def test_a_row_resumed_at_another_commit_names_every_commit(tmp_path: Path) -> None:
+    work = tmp_path / "work" / "fixmatch__half__s0"
+    assert [s["commit"] for s in record_segment(work, "aaa", "m1")] == ["aaa"]
+    # no last.pt yet: the next segment starts from step 0, so the first one trained nothing that counts
+    assert [s["commit"] for s in record_segment(work, "bbb", "m1")] == ["bbb"]
+    (work / "checkpoints").mkdir()
+    (work / "checkpoints" / "last.pt").write_bytes(b"")
+    segments = record_segment(work, "ccc", "m2")
+    assert [(s["commit"], s["machine"]) for s in segments] == [("bbb", "m1"), ("ccc", "m2")]
+    (work / "summary.json").write_text(json.dumps(
+        {"best": {"metric": "miou", "step": 2, "value": 0.5}, "steps": 2, "seconds": 1.0, "test": {"miou": 0.4}}))
+    (work / "metrics.jsonl").write_text(json.dumps({"step": 2, "split": "val", "miou": 0.5}) + "\n")
+    row = Row("fixmatch", "half", 0)
+    result = collect_result(_suite(), row, work, ["train.py"], 1.0, "ccc", 1, segments)
+    assert result["commit"] == "bbb+ccc" and [s["commit"] for s in result["segments"]] == ["bbb", "ccc"]
+    single = collect_result(_suite(), row, work, ["train.py"], 1.0, "ccc", 1, segments[1:])
+    assert single["commit"] == "ccc" and "segments" not in single

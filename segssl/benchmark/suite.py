@@ -188,15 +188,35 @@ def val_curve(metrics: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(m["step"], m["miou"]) for m in metrics if m.get("split") == "val" and "miou" in m]
 
 
+def record_segment(work: Path, commit: str, machine_text: str) -> list[dict[str, Any]]:
+    """Append this training segment (commit, machine, start) to ``work/segments.jsonl`` and return
+    every segment of the run so far. A run without ``last.pt`` starts from step 0, so its earlier
+    segments trained nothing that survives and are dropped."""
+    path = work / "segments.jsonl"
+    if not (work / "checkpoints" / "last.pt").exists():
+        path.unlink(missing_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    segment = {"commit": commit, "machine": machine_text, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with path.open("a") as f:
+        f.write(json.dumps(segment) + "\n")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def collect_result(suite: Suite, row: Row, work: Path, command: list[str], seconds: float,
-                   commit: Optional[str] = None, threads: Optional[int] = None) -> dict[str, Any]:
+                   commit: Optional[str] = None, threads: Optional[int] = None,
+                   segments: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    """``segments``: the run's training segments (``record_segment``); a row resumed at other
+    commits names all of them, in order, joined by ``+``."""
     summary = json.loads((work / "summary.json").read_text())
     metrics = read_metrics(work / "metrics.jsonl")
     curve = val_curve(metrics)
     test = summary.get("test", {})
+    commit = commit or commit_id()
+    commits = list(dict.fromkeys([*(s["commit"] for s in segments or []), commit]))
+    extra = {"segments": segments} if segments and len(segments) > 1 else {}
     return {
         "suite": suite.name, "row": {"method": row.method, "label": row.label, "seed": row.seed},
-        "command": " ".join(["python", *command[1:]]), "commit": commit or commit_id(), "machine": machine(threads),
+        "command": " ".join(["python", *command[1:]]), "commit": "+".join(commits), "machine": machine(threads), **extra,
         "checkpoint": f"best val {summary['best']['metric']} (step {summary['best']['step']})",
         "best_val_miou": summary["best"]["value"], "best_step": summary["best"]["step"],
         "last_val_miou": curve[-1][1] if curve else None, "val_curve": curve,
@@ -255,6 +275,11 @@ def run_row(suite: Suite, row: Row, results: Path, work_root: Path, extra: Optio
     work = work_root / suite.name / row.key
     command = row_command(suite, row, work, extra or [])
     started, commit = time.time(), commit_id()  # the code that trains, not HEAD when it ends
+    segments = record_segment(work, commit, machine(threads))
+    earlier = sorted({s["commit"] for s in segments[:-1]} - {commit})
+    if earlier:  # resuming across a code change is allowed (sessions), but never silent
+        print(f"warning: {row.key} resumes a run trained so far at commit {', '.join(earlier)}; HEAD is {commit}. "
+              f"Its result will name both; delete {work} to train it from step 0 at {commit}", file=sys.stderr, flush=True)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
     returncode = _train(command, log_file, threads)
@@ -263,7 +288,7 @@ def run_row(suite: Suite, row: Row, results: Path, work_root: Path, extra: Optio
     if returncode != 0:
         where = f" (log: {log_file})" if log_file else ""
         raise RuntimeError(f"row {row.key} failed (exit {returncode}){where}: {' '.join(command)}")
-    result = collect_result(suite, row, work, command, time.time() - started, commit, threads)
+    result = collect_result(suite, row, work, command, time.time() - started, commit, threads, segments)
     results.mkdir(parents=True, exist_ok=True)
     tmp = results / f".{row.key}.json.tmp"
     tmp.write_text(json.dumps(result, indent=2))
