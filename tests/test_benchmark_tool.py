@@ -16,7 +16,9 @@ from segssl.benchmark.suite import (
     threads_per_row,
 )
 from segssl.cli.benchmark import main
+from segssl.config import load_config, params_from_dict
 from segssl.errors import ConfigError
+from segssl.methods import METHODS
 
 from .helpers import terminate_after_first_step, tiny_config
 
@@ -128,6 +130,18 @@ def test_real_suites_load() -> None:
     for path in suites:
         suite = load_suite(path)
         assert suite.upper_method in suite.configs and suite.labeled
+
+
+def test_real_suite_rows_resolve_to_valid_configs() -> None:
+    """Every committed row's config, its `set` overrides and the suite's overrides form a valid
+    config with method params its method accepts: a typo fails here, not hours into a sweep."""
+    for path in sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "suites").glob("*.yaml")):
+        suite = load_suite(path)
+        for row in rows(suite):
+            command = row_command(suite, row, Path("w"), [])
+            overrides = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
+            cfg = load_config(suite.configs[row.method].config, overrides)
+            params_from_dict(METHODS.get(cfg.method.name).Params, cfg.method.params, "method.params")
 
 
 def test_write_report_files(tmp_path: Path) -> None:
