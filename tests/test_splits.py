@@ -68,6 +68,20 @@ def test_groups_never_straddle(seed: int, labeled: float | int) -> None:
     assert len(chosen) == {3: 4, 0.3: 8, 1: 4}[labeled]
 
 
+def test_grouped_draw_far_over_target_warns(caplog: pytest.LogCaptureFixture) -> None:
+    items = [{"id": f"a{i}", "group": "a"} for i in range(12)] + [{"id": f"b{i}", "group": "b"} for i in range(8)]
+    with caplog.at_level("WARNING", logger="segssl.data.splits"):
+        chosen, _ = draw_labeled(items, 0.1, seed=0)  # 2 items asked, one whole group given
+    n = len(chosen)
+    assert n in (8, 12)
+    assert f"asks for 2 of 20 items, but whole groups gave {n} (1 group(s), the largest of {n} items)" in caplog.text
+    assert f"labeled share is {5 * n}%, not 10%" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="segssl.data.splits"):
+        draw_labeled(pool(20, groups=5), 3, seed=0)  # 4 for 3: within 1.5x, silent
+    assert not caplog.text
+
+
 def test_count_larger_than_pool_is_config_error() -> None:
     with pytest.raises(ConfigError, match="21 labeled items.*has 20"):
         draw_labeled(pool(20), 21, seed=0)

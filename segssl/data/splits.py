@@ -5,6 +5,7 @@ sequence), whole groups are drawn, so no group sits on both sides of the split.
 """
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,11 @@ from ..config import SplitConfig
 from ..errors import ConfigError, DataError
 from .adapters.base import Adapter, Item
 from .io import read_id_list
+
+log = logging.getLogger(__name__)
+
+# a grouped draw this far over its target is no longer the fraction the user asked for
+OVERSHOOT_WARNING = 1.5
 
 
 @dataclass
@@ -60,6 +66,13 @@ def draw_labeled(items: list[Item], labeled: Union[float, int, str, None], seed:
             break
         chosen_items.extend(groups[key])
         chosen_keys.add(key)
+    if len(chosen_items) > OVERSHOOT_WARNING * target:
+        largest = max(len(groups[k]) for k in chosen_keys)
+        log.warning(
+            "data.split.labeled asks for %d of %d items, but whole groups gave %d (%d group(s), the "
+            "largest of %d items): the labeled share is %.0f%%, not %.0f%%; use finer groups (e.g. the "
+            "adapter's group option) or a list file", target, len(items), len(chosen_items), len(chosen_keys),
+            largest, 100 * len(chosen_items) / len(items), 100 * target / len(items))
     rest = [it for k in keys if k not in chosen_keys for it in groups[k]]
     order = {id(it): i for i, it in enumerate(items)}
     return sorted(chosen_items, key=lambda it: order[id(it)]), sorted(rest, key=lambda it: order[id(it)])
