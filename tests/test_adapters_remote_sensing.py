@@ -159,6 +159,22 @@ def test_dubai_adapter_split_by_tile(tmp_path: Path) -> None:
         build_adapter("dubai", str(root), {"test_tiles": [8]}).items("test")
 
 
+def test_dubai_held_out_parts(tmp_path: Path) -> None:
+    root = dubai_tree(tmp_path, range(1, 4))
+    adapter = build_adapter("dubai", str(root), {"train_tiles": [1, 2], "val_tiles": [3], "test_tiles": [], "val_parts": [2]})
+    ids = {split: sorted(it["id"] for it in adapter.items(split)) for split in adapter.splits()}
+    assert ids == {
+        "train": ["tile1_image_part_001", "tile2_image_part_001"],
+        "val": ["tile1_image_part_002", "tile2_image_part_002", "tile3_image_part_001", "tile3_image_part_002"],
+    }
+    only_test = build_adapter("dubai", str(root), {"train_tiles": [1, 2], "val_tiles": [], "test_tiles": [], "test_parts": [1]})
+    assert only_test.splits() == ["train", "test"]
+    assert [it["id"] for it in only_test.items("test")] == ["tile1_image_part_001", "tile2_image_part_001"]
+    assert only_test.load(only_test.items("test")[0])["mask"].shape == (30, 40)
+    with pytest.raises(ConfigError, match="image part 2 is in both val_parts and test_parts"):
+        build_adapter("dubai", str(root), {"val_parts": [2], "test_parts": [2]})
+
+
 @pytest.mark.skipif(not (DATA / "dubai-aerial").is_dir(), reason="shared Dubai aerial data not present")
 def test_dubai_real_data() -> None:
     adapter = build_adapter("dubai", str(DATA / "dubai-aerial"), {})

@@ -371,6 +371,9 @@ class DubaiAdapter(RasterAdapter):
 
     ``group: folder`` (default) keeps a whole "Tile N" together in a labeled draw (its nine
     images are neighbouring parts of one scene); ``group: scene`` groups per image only.
+    ``val_parts`` / ``test_parts`` hold images out of the training tiles by their number
+    ("image_part_009" -> 9) into val / test, for an in-domain evaluation beside (or instead of)
+    whole held-out tiles: neighbouring parts share a district's look, which is the point there.
     """
 
     def __init__(
@@ -385,6 +388,8 @@ class DubaiAdapter(RasterAdapter):
         scale: float = 1.0,
         group: str = "folder",
         cache_scenes: int = 2,
+        val_parts: Sequence[int] = (),
+        test_parts: Sequence[int] = (),
     ) -> None:
         chosen = {"train": list(train_tiles), "val": list(val_tiles), "test": list(test_tiles)}
         seen: dict[int, str] = {}
@@ -393,9 +398,18 @@ class DubaiAdapter(RasterAdapter):
                 if t in seen:
                     raise ConfigError(f"data.params: tile {t} is in both {seen[t]}_tiles and {name}_tiles (leakage)")
                 seen[t] = name
+        self._tile_split = seen
+        self._part_split = {int(p): "val" for p in val_parts}
+        for p in test_parts:
+            if int(p) in self._part_split:
+                raise ConfigError(f"data.params: image part {p} is in both val_parts and test_parts (leakage)")
+            self._part_split[int(p)] = "test"
+        folders = {name: list(tiles) for name, tiles in chosen.items()}
+        for name in set(self._part_split.values()):  # held-out parts are read from the training tiles
+            folders[name] += [t for t in chosen["train"] if t not in folders[name]]
         splits = {
             name: {"images": [f"Tile {t}/images" for t in tiles], "masks": [f"Tile {t}/masks" for t in tiles]}
-            for name, tiles in chosen.items()
+            for name, tiles in folders.items()
             if tiles
         }
         super().__init__(
@@ -406,3 +420,17 @@ class DubaiAdapter(RasterAdapter):
 
     def folder_key(self, folder: str) -> str:
         return slug(folder.split("/")[0])  # "Tile 3/images" -> "tile3"
+
+    def scenes(self, split: str) -> list[Item]:
+        scenes = super().scenes(split)
+        if not self._part_split:
+            return scenes
+        return [s for s in scenes if self._home_split(Path(s["image"])) == split]
+
+    def _home_split(self, image: Path) -> str:
+        """The split an image belongs to: its tile's, or val/test for a held-out part of a training tile."""
+        home = self._tile_split[int(image.parent.parent.name.split()[-1])]  # ".../Tile 3/images/x.jpg"
+        number = re.search(r"(\d+)$", image.stem)
+        if home != "train" or number is None:
+            return home
+        return self._part_split.get(int(number.group(1)), "train")
