@@ -12,8 +12,8 @@ import yaml
 
 from segssl.benchmark.report import gap_closed, markdown, write_report
 from segssl.benchmark.suite import (
-    MethodEntry, Row, Suite, collect_result, commit_id, load_suite, record_segment, row_command, rows, still_rising,
-    threads_per_row,
+    MethodEntry, Row, Suite, collect_result, commit_id, load_suite, record_segment, row_command, row_overrides, rows,
+    still_rising, threads_per_row,
 )
 from segssl.cli.benchmark import main
 from segssl.config import load_config, params_from_dict
@@ -138,9 +138,7 @@ def test_real_suite_rows_resolve_to_valid_configs() -> None:
     for path in sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "suites").glob("*.yaml")):
         suite = load_suite(path)
         for row in rows(suite):
-            command = row_command(suite, row, Path("w"), [])
-            overrides = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
-            cfg = load_config(suite.configs[row.method].config, overrides)
+            cfg = load_config(suite.configs[row.method].config, row_overrides(suite, row, []))
             params_from_dict(METHODS.get(cfg.method.name).Params, cfg.method.params, "method.params")
 
 

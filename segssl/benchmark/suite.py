@@ -153,12 +153,16 @@ def repo_relative(path: Path) -> str:
         return str(path)
 
 
-def row_command(suite: Suite, row: Row, work: Path, extra: list[str]) -> list[str]:
+def row_overrides(suite: Suite, row: Row, extra: list[str]) -> list[str]:
+    """The ``--set`` values of a row, in the order they apply: the method's, the row's, the suite's."""
     entry = suite.configs[row.method]
     labeled = "null" if row.label == "all" else str(suite.labeled[row.label])
-    overrides = [*entry.overrides, f"data.split.labeled={labeled}", f"train.seed={row.seed}", *suite.overrides, *extra]
-    command = [sys.executable, "tools/train.py", "--config", entry.config, "--work-dir", repo_relative(work)]
-    command += [a for o in overrides for a in ("--set", o)]
+    return [*entry.overrides, f"data.split.labeled={labeled}", f"train.seed={row.seed}", *suite.overrides, *extra]
+
+
+def row_command(suite: Suite, row: Row, work: Path, extra: list[str]) -> list[str]:
+    command = [sys.executable, "tools/train.py", "--config", suite.configs[row.method].config, "--work-dir", repo_relative(work)]
+    command += [a for o in row_overrides(suite, row, extra) for a in ("--set", o)]
     if (work / "checkpoints" / "last.pt").exists():
         command.append("--resume")
     return command

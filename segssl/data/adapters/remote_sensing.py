@@ -398,7 +398,7 @@ class DubaiAdapter(RasterAdapter):
                 if t in seen:
                     raise ConfigError(f"data.params: tile {t} is in both {seen[t]}_tiles and {name}_tiles (leakage)")
                 seen[t] = name
-        self._tile_split = seen
+        self._folder_split = {f"Tile {t}": name for t, name in seen.items()}
         self._part_split = {int(p): "val" for p in val_parts}
         for p in test_parts:
             if int(p) in self._part_split:
@@ -429,7 +429,7 @@ class DubaiAdapter(RasterAdapter):
 
     def _home_split(self, image: Path) -> str:
         """The split an image belongs to: its tile's, or val/test for a held-out part of a training tile."""
-        home = self._tile_split[int(image.parent.parent.name.split()[-1])]  # ".../Tile 3/images/x.jpg"
+        home = self._folder_split[image.parent.parent.name]  # ".../Tile 3/images/x.jpg"
         number = re.search(r"(\d+)$", image.stem)
         if home != "train" or number is None:
             return home
