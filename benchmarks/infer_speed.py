@@ -16,8 +16,9 @@
    and reports the growth of its resident set over the loaded model, the tracemalloc peak of
    host arrays, and the size a full float32 probability map would have had.
 
-Without --checkpoint/--run a randomly initialised Unet/resnet18 (4 classes) is used: speed
-does not depend on the weights. ``--raster-model tiny`` uses a two-layer network for the
+Without --checkpoint/--run a randomly initialised Unet is used (speed does not depend on the
+weights): resnet18, 4 classes, native size unless ``--encoder``, ``--classes``, ``--resize H W``
+say otherwise (``--encoder mobilenet_v2 --classes 11 --resize 128 160`` is the CamVid CPU model). ``--raster-model tiny`` uses a two-layer network for the
 raster, so that the streaming machinery, not a CPU forward pass, sets the run time.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -39,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segssl.config import Config, ModelConfig, to_dict  # noqa: E402
+from segssl.config import Config, DataConfig, ModelConfig, to_dict  # noqa: E402
 from segssl.engine.batch import BatchInference, BatchOptions, Job  # noqa: E402
 from segssl.engine.inference import ImagePredictor, LoadedRun, load_run, resolve_amp, resolve_device  # noqa: E402
 from segssl.engine.outputs import OutputOptions, output_names  # noqa: E402
@@ -50,11 +52,14 @@ META = {"num_classes": 4, "class_names": ["c0", "c1", "c2", "c3"], "in_channels"
         "mean": [0.5], "std": [0.25], "resize": None, "stride": 32}
 
 
-def random_checkpoint(path: Path) -> Path:
+def random_checkpoint(path: Path, encoder: str = "resnet18", classes: int = 4,
+                      resize: Optional[list[int]] = None) -> Path:
+    """A randomly initialised run: throughput does not depend on the weights."""
     torch.manual_seed(0)
-    cfg = Config(model=ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=None))
-    model = build_model(cfg.model, 3, 4)
-    torch.save({"config": to_dict(cfg), "meta": META, "model": model.state_dict(), "step": 0}, path)
+    cfg = Config(model=ModelConfig(arch="Unet", encoder=encoder, encoder_weights=None), data=DataConfig(resize=resize))
+    model = build_model(cfg.model, 3, classes)
+    meta = {**META, "num_classes": classes, "class_names": [f"c{i}" for i in range(classes)], "resize": resize}
+    torch.save({"config": to_dict(cfg), "meta": meta, "model": model.state_dict(), "step": 0}, path)
     return path
 
 
@@ -110,7 +115,7 @@ def throughput(args: argparse.Namespace, work: Path) -> dict:
     def infer(rep: int) -> tuple[float, float]:
         out = work / f"out{rep}"
         options = BatchOptions(batch_size=args.batch_size, workers=2)
-        runner = BatchInference(predictor, out, options, Summary(out, META["class_names"], {}))
+        runner = BatchInference(predictor, out, options, Summary(out, run.meta["class_names"], {}))
         wall, cpu = time.perf_counter(), time.process_time()
         runner.run(jobs)
         runner.summary.write()
@@ -206,6 +211,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run")
     p.add_argument("--checkpoint", default=None)
+    p.add_argument("--encoder", default="resnet18", help="random model's encoder (without --run/--checkpoint)")
+    p.add_argument("--classes", type=int, default=4, help="random model's classes")
+    p.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), help="random model's data.resize")
     p.add_argument("--images", type=int, default=48)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
@@ -226,7 +234,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="segssl-bench-") as tmp:
         work = Path(tmp)
         if args.checkpoint is None and args.run is None:
-            args.checkpoint = str(random_checkpoint(work / "random.pt"))
+            args.checkpoint = str(random_checkpoint(work / "random.pt", args.encoder, args.classes, args.resize))
         elif args.checkpoint is None:
             args.checkpoint = "best"
         report = {}
