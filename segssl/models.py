@@ -40,7 +40,17 @@ def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Modu
         ) from None
     if local:
         load_encoder_weights(model, Path(weights))  # type: ignore[arg-type]
+    head = getattr(model, "segmentation_head", model)  # also the feature-perturbation path's last step
+    head.register_forward_hook(contiguous_logits)
     return model
+
+
+def contiguous_logits(module: nn.Module, inputs: object, output: object) -> object:
+    """Forward hook: logits in the standard layout. Channels-last weights (``train.channels_last``)
+    give channels-last logits, along whose class axis a CPU runs the losses, softmax and argmax
+    2-3x slower: cross-entropy forward and backward of 8 x 11 x 128 x 160 logits took 19 ms against
+    7 ms, one mobilenet U-Net training step at that size 6% longer. The copy costs well under 1 ms."""
+    return output.contiguous() if isinstance(output, torch.Tensor) else output
 
 
 def check_model_params(cfg: ModelConfig) -> None:

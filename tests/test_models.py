@@ -30,6 +30,24 @@ def test_forward_shape(in_channels: int) -> None:
     assert output_stride(model) == 32
 
 
+def test_channels_last_model_gives_standard_layout_logits() -> None:
+    """Losses along the class axis are slow on channels-last logits (see contiguous_logits);
+    the values and the gradient must not change."""
+    import copy
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="Unet", encoder="resnet18"), in_channels=3, num_classes=3)
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)  # copies keep the hook (EMA teachers)
+    x = torch.randn(2, 3, 32, 64)
+    out, out_cl = model(x), channels_last(x)
+    assert out_cl.is_contiguous() and not out_cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, out_cl, atol=1e-3)  # the layouts sum in different orders
+    out_cl.logsumexp(1).mean().backward()
+    out.logsumexp(1).mean().backward()
+    grad, grad_cl = model.segmentation_head[0].weight.grad, channels_last.segmentation_head[0].weight.grad
+    assert grad_cl is not None and torch.allclose(grad, grad_cl, atol=1e-3)
+
+
 @pytest.mark.parametrize(("cfg", "name"), [(ModelConfig(arch="NoSuchNet"), "NoSuchNet"),
                                            (ModelConfig(encoder="resnet_bogus"), "resnet_bogus")])
 def test_unknown_arch_or_encoder(cfg: ModelConfig, name: str) -> None:
