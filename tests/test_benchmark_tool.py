@@ -109,8 +109,8 @@ def test_suite_file_errors_name_the_key(tmp_path: Path) -> None:
     assert load_suite(path).configs["supervised"].overrides == ["method.name=fixmatch"]
 
 
-def test_id_list_subset_has_its_own_lower_bound_and_stays_off_the_curve() -> None:
-    from segssl.benchmark.suite import drawn_labels
+def test_id_list_subset_has_its_own_lower_bound_and_its_id_count_on_the_curve() -> None:
+    from segssl.benchmark.suite import subset_sizes
 
     suite = Suite(name="t", configs={"supervised": MethodEntry("a"), "fixmatch": MethodEntry("b")},
                   labeled={"1/8": 2, "1/8ref": "datasets/camvid/reference_draw_46.txt"})
@@ -119,7 +119,7 @@ def test_id_list_subset_has_its_own_lower_bound_and_stays_off_the_curve() -> Non
     table = markdown(suite, found, "cmd")
     assert "| 50% |" in _line(table, "| fixmatch | 1/8ref")  # (0.55 - 0.50) / (0.60 - 0.50), not against 1/8's 0.40
     assert "| 25% |" in _line(table, "| fixmatch | 1/8 ")
-    assert drawn_labels(suite) == ["1/8"]
+    assert subset_sizes(suite) == {"1/8": 2.0, "1/8ref": 46.0}  # the list file holds 46 ids
     command = row_command(suite, Row("fixmatch", "1/8ref", 0), Path("w"), [])
     assert "data.split.labeled=datasets/camvid/reference_draw_46.txt" in command
 
@@ -244,7 +244,7 @@ def test_row_command_stores_work_dir_relative_to_the_repository() -> None:
     from segssl.benchmark.suite import REPO
 
     suite = load_suite(REPO / "benchmarks" / "suites" / "camvid_cpu.yaml")
-    row = rows(suite, only=["fixmatch"], labels=["1/8"])[0]
+    row = rows(suite, only=["fixmatch"], labels=["1/8ref"])[0]
     inside = row_command(suite, row, REPO / "runs" / "benchmarks" / "x", [])
     assert inside[inside.index("--work-dir") + 1] == "runs/benchmarks/x"
     outside = row_command(suite, row, Path("/elsewhere/x"), [])

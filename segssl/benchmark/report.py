@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..engine.logger import read_metrics
-from .suite import Suite, drawn_labels, rows, val_curve
+from .suite import Suite, rows, subset_sizes, val_curve
 
 
 def load_results(runs: Path) -> list[dict[str, Any]]:
@@ -142,7 +142,10 @@ def aggregate(suite: Suite, found: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot(suite: Suite, found: list[dict[str, Any]], path: Path) -> Optional[str]:
-    """Label-efficiency curve (test mIoU against labeled images, one line per method).
+    """Label-efficiency curves, one line per method against the labeled subset's size: best val mIoU
+    (what selection saw) beside test mIoU of that checkpoint, since the two can disagree (CamVid's
+    test split is mostly a sequence no training image comes from). Every subset is a point, an
+    id-list subset (a reference script's own draw) at its number of ids.
 
     Returns why no plot was written (matplotlib is the optional ``bench`` extra), else None."""
     try:
@@ -152,24 +155,32 @@ def plot(suite: Suite, found: list[dict[str, Any]], path: Path) -> Optional[str]
     except ImportError:
         return "no plot: matplotlib is not installed (pip install 'segssl[bench]')"
     table = cells(suite, found)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    order = drawn_labels(suite)
-    for method in dict.fromkeys(c.method for c in table if c.label != "all"):
-        points = sorted((order.index(c.label), _mean(c.test())) for c in table
-                        if c.method == method and c.label in order and c.test())
-        if points:
-            ax.plot([suite.labeled[order[i]] for i, _ in points], [v for _, v in points], marker="o", label=method)
-    upper = next((c for c in table if c.method == suite.upper_method and c.label == "all" and c.test()), None)
-    if upper:
-        ax.axhline(_mean(upper.test()), color="gray", linestyle="--", label=f"{suite.upper_method}, all labels")
-    ax.set_xscale("log")
-    ax.set_xticks([suite.labeled[k] for k in order], [f"{k} ({suite.labeled[k]})" for k in order])
-    ax.set_xlabel("labeled training images")
-    ax.set_ylabel("test mIoU (best-val checkpoint)")
-    ax.set_title(suite.name)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    sizes = subset_sizes(suite)
+    counts = all(size >= 1 for size in sizes.values())
+    upper = next((c for c in table if c.method == suite.upper_method and c.label == "all"), None)
+    methods = list(dict.fromkeys(c.method for c in table if c.label != "all"))
+    colours = plt.get_cmap("tab20").colors  # more methods than the default cycle's 10 colours
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for ax, (title, values) in zip(axes, (("best val mIoU", Cell.val), ("test mIoU (best-val checkpoint)", Cell.test))):
+        for i, method in enumerate(methods):
+            points = sorted((sizes[c.label], _mean(values(c))) for c in table
+                            if c.method == method and c.label in sizes and values(c))
+            if points:
+                lower = method == suite.upper_method
+                ax.plot([x for x, _ in points], [y for _, y in points], marker="s" if lower else "o",
+                        color="black" if lower else colours[i % len(colours)], label=method, linewidth=2 if lower else 1)
+        if upper and values(upper):
+            ax.axhline(_mean(values(upper)), color="gray", linestyle="--", label=f"{suite.upper_method}, all labels")
+        ax.set_xscale("log")
+        ax.set_xticks(list(sizes.values()), [f"{k}\n({v:g})" for k, v in sizes.items()], fontsize=7)
+        ax.minorticks_off()
+        ax.set_xlabel("labeled training images" if counts else "labeled share of the training split")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{suite.name}: mIoU, mean over seeds")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

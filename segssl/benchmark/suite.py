@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 import torch
 
 from ..config import read_yaml
+from ..data.io import read_id_list
 from ..engine.logger import read_metrics
 from ..engine.interrupt import Terminated
 from ..errors import ConfigError
@@ -111,10 +112,12 @@ def rows(suite: Suite, only: Optional[list[str]] = None, labels: Optional[list[s
     return out
 
 
-def drawn_labels(suite: Suite) -> list[str]:
-    """Labeled subsets drawn by count or fraction (the label-efficiency curve's x axis); id-list
-    subsets such as a reference script's own draw are compared in the table only."""
-    return [label for label, value in suite.labeled.items() if not isinstance(value, str)]
+def subset_sizes(suite: Suite) -> dict[str, float]:
+    """The label-efficiency curve's x value of every labeled subset, smallest first: its image count,
+    the number of ids in its list file (e.g. a reference script's own draw), or its fraction."""
+    sizes = {label: float(len(read_id_list(REPO / value))) if isinstance(value, str) else float(value)
+             for label, value in suite.labeled.items()}
+    return dict(sorted(sizes.items(), key=lambda kv: kv[1]))
 
 
 def commit_id() -> str:
