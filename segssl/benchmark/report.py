@@ -159,7 +159,8 @@ def plot(suite: Suite, found: list[dict[str, Any]], path: Path) -> Optional[str]
     counts = all(size >= 1 for size in sizes.values())
     upper = next((c for c in table if c.method == suite.upper_method and c.label == "all"), None)
     methods = list(dict.fromkeys(c.method for c in table if c.label != "all"))
-    colours = plt.get_cmap("tab20").colors  # more methods than the default cycle's 10 colours
+    # more methods than one palette's 10 colours: tab10, then tab20's light shades
+    colours = [*plt.get_cmap("tab10").colors, *plt.get_cmap("tab20").colors[1::2]]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for ax, (title, values) in zip(axes, (("best val mIoU", Cell.val), ("test mIoU (best-val checkpoint)", Cell.test))):
         for i, method in enumerate(methods):
@@ -172,6 +173,7 @@ def plot(suite: Suite, found: list[dict[str, Any]], path: Path) -> Optional[str]
         if upper and values(upper):
             ax.axhline(_mean(values(upper)), color="gray", linestyle="--", label=f"{suite.upper_method}, all labels")
         ax.set_xscale("log")
+        ax.set_xlim(min(sizes.values()) / 1.3, max(sizes.values()) * 1.3)
         ax.set_xticks(list(sizes.values()), [f"{k}\n({v:g})" for k, v in sizes.items()], fontsize=7)
         ax.minorticks_off()
         ax.set_xlabel("labeled training images" if counts else "labeled share of the training split")
