@@ -25,6 +25,9 @@ __all__ = [
     "classwise_weights",
     "update_class_confidence",
     "class_mean_thresholds",
+    "class_pixel_counts",
+    "update_prediction_mean",
+    "align_logits",
     "cutmix_boxes",
     "apply_cutmix",
     "rampup",
@@ -137,6 +140,32 @@ def class_mean_thresholds(class_conf: Tensor, cap: float, floor: float) -> Tenso
     high confidence keeps the global threshold ``cap``; a class it is less sure of accepts its
     pixels above its own mean confidence, but never below ``floor``."""
     return class_conf.clamp(min=min(floor, cap), max=cap)
+
+
+def class_pixel_counts(mask: Tensor, valid: Tensor, num_classes: int) -> Tensor:
+    """How many valid pixels of each class ``mask`` holds [C] (float32; padding and ignore excluded)."""
+    return torch.bincount(mask[valid].long().reshape(-1), minlength=num_classes)[:num_classes].float()
+
+
+def update_prediction_mean(mean: Tensor, updates: Tensor, probs: Tensor, valid: Tensor, momentum: float) -> Tensor:
+    """EMA of the mean softmax vector over valid pixels [C]; the first batch with data (``updates``
+    == 0) replaces the initial value outright, so the estimate is the batch's own from step one
+    rather than mostly the uniform start (an EMA at 0.99 needs ~100 steps to forget it)."""
+    probs = probs.detach().float()
+    n = valid.sum()
+    batch_mean = (probs * valid.unsqueeze(1).float()).sum(dim=(0, 2, 3)) / n.clamp_min(1).float()
+    old = torch.as_tensor(mean, dtype=torch.float32, device=probs.device)
+    blended = torch.where(updates > 0, momentum * old + (1.0 - momentum) * batch_mean, batch_mean)
+    return torch.where(n > 0, blended, old)
+
+
+def align_logits(logits: Tensor, target: Tensor, predicted: Tensor, eps: float = 1e-6) -> Tensor:
+    """ReMixMatch's distribution alignment ``normalize(p * target / predicted)`` in logit form:
+    ``logits + log(target) - log(predicted)`` (softmax does the normalising). A class the teacher
+    predicts more often than the labeled masks hold it is damped, a neglected one lifted; with
+    ``target == predicted`` the logits are unchanged. ``eps`` keeps an unseen class finite."""
+    shift = target.float().clamp_min(eps).log() - predicted.float().clamp_min(eps).log()
+    return logits.detach().float() + shift.to(logits.device).view(1, -1, *([1] * (logits.dim() - 2)))
 
 
 def classwise_weights(conf: Tensor, label: Tensor, thresholds: Tensor) -> Tensor:

@@ -213,6 +213,39 @@ def test_classwise_state_updates_and_survives_a_checkpoint(weighting: str) -> No
     assert ("tau/global" if weighting == "classwise" else "tau/0") in a
 
 
+def test_distribution_alignment_rebalances_pseudo_labels_and_survives_a_checkpoint() -> None:
+    # logits (0, x): every weak pixel with x > 0 is called class 1, confidently. The labeled masks are all
+    # class 0, so alignment damps class 1 by target/teacher-mean and its pseudo-labels turn into class 0
+    kwargs = dict(num_classes=2, cutmix_p=0.0, weighting="hard", threshold=0.5, distribution_alignment=True)
+    method = build("fixmatch", lambda: LinearNet((0.0, 1.0)), **kwargs)
+    weak = one_channel([[2.0, 3.0, 4.0, -1.0]])
+    unlabeled = {"image": weak, "strong": weak, "mask": torch.zeros(1, 1, 4, dtype=torch.long),
+                 "valid": torch.ones(1, 1, 4, dtype=torch.bool), "has_mask": torch.tensor([True])}
+    labeled = {"image": weak, "mask": torch.tensor([[[0, 0, 0, 1]]]), "valid": torch.ones(1, 1, 4, dtype=torch.bool)}
+    out = method.training_step(labeled, unlabeled, make_ctx(num_classes=2))
+    al = method.alignment
+    assert torch.equal(al.labeled_counts, torch.tensor([3.0, 1.0])) and int(al.updates) == 1
+    p1 = torch.sigmoid(torch.tensor([2.0, 3.0, 4.0, -1.0]))  # softmax of (0, x) for class 1
+    teacher_mean = torch.stack([1 - p1.mean(), p1.mean()])
+    assert torch.allclose(al.teacher_mean, teacher_mean)
+    scale = torch.tensor([0.75, 0.25]) / teacher_mean
+    assert out["da/scale/1"].item() == pytest.approx(scale[1].item(), rel=1e-5)
+    aligned = torch.stack([1 - p1, p1]) * scale.view(2, 1)
+    aligned = aligned / aligned.sum(0)
+    conf, label = aligned.max(0)
+    assert out["pl_acc"] == pytest.approx(((label == 0) & (conf >= 0.5)).sum().item() / (conf >= 0.5).sum().item())
+    assert out["pl_acc_all"] > 0.25  # without alignment only the x = -1 pixel is class 0
+
+    fresh = roundtrip(method, build("fixmatch", lambda: LinearNet((0.0, 1.0)), **kwargs))
+    assert torch.equal(fresh.alignment.teacher_mean, al.teacher_mean) and int(fresh.alignment.updates) == 1
+    method.eval()  # evaluation passes leave the statistics alone
+    method.alignment(torch.zeros(1, 2, 1, 1), torch.ones(1, 1, 1, dtype=torch.bool), labeled["mask"], labeled["valid"])
+    assert int(al.updates) == 1 and torch.equal(al.labeled_counts, torch.tensor([3.0, 1.0]))
+    off = build("fixmatch", lambda: LinearNet((0.0, 1.0)), num_classes=2)
+    assert off.alignment is None and not any(k.startswith("da/") for k in off.training_step(
+        labeled, unlabeled, make_ctx(num_classes=2)))
+
+
 def test_pl_acc_uses_ground_truth_only_where_known() -> None:
     method = build("fixmatch", LinearNet, num_classes=2, cutmix_p=0.0, weighting="hard")
     weak = one_channel([[1.0, 1.0, -1.0, -1e-3], [1.0, 1.0, 1.0, 1.0]])
@@ -228,6 +261,6 @@ def test_configuration_errors() -> None:
     with pytest.raises(ConfigError, match="encoder-decoder"):
         build("fixmatch", LinearNet, feature_perturbation=True)
     cls = METHODS.get("fixmatch")
-    for bad in ({"cutmix_area": [0.5, 0.1]}, {"weighting": "soft"}, {"teacher": "x"}):
+    for bad in ({"cutmix_area": [0.5, 0.1]}, {"weighting": "soft"}, {"teacher": "x"}, {"alignment_momentum": 1.0}):
         with pytest.raises(ConfigError, match="method.params"):
             params_from_dict(cls.Params, bad, "method.params")

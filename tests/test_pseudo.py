@@ -10,8 +10,10 @@ from torch import nn
 
 from segssl.losses import weighted_cross_entropy
 from segssl.pseudo import (
+    align_logits,
     apply_cutmix,
     class_mean_thresholds,
+    class_pixel_counts,
     classwise_thresholds,
     classwise_weights,
     confidence_and_label,
@@ -25,6 +27,7 @@ from segssl.pseudo import (
     update_class_confidence,
     update_classwise_state,
     update_confidence_stats,
+    update_prediction_mean,
 )
 
 LN3 = math.log(3.0)
@@ -136,6 +139,44 @@ def test_class_mean_thresholds_cap_floor_and_weights() -> None:
     # class 0 keeps the global 0.95; class 1 passes above its mean 0.7; class 2 only above the floor
     assert torch.equal(classwise_weights(conf, label, thr), flat(1.0, 0.0, 1.0, 0.0, 1.0, 0.0))
     assert torch.allclose(class_mean_thresholds(torch.tensor([0.2]), cap=0.3, floor=0.6), torch.tensor([0.3]))  # floor above cap: cap
+
+
+def test_class_pixel_counts_skip_invalid_pixels() -> None:
+    mask = torch.tensor([[[0, 2, 2, 11], [1, 2, 0, 0]]])  # 11: an ignore value, never valid
+    valid = torch.tensor([[[True, True, True, False], [True, True, False, False]]])
+    assert torch.equal(class_pixel_counts(mask, valid, 3), torch.tensor([1.0, 1.0, 3.0]))
+
+
+def test_update_prediction_mean_first_batch_replaces_then_ema() -> None:
+    # two valid pixels with probabilities (0.8, 0.2) and (0.4, 0.6); a third, invalid, is ignored
+    probs = torch.tensor([[0.8, 0.4, 0.0], [0.2, 0.6, 1.0]]).view(1, 2, 1, 3)
+    valid = torch.tensor([[[True, True, False]]])
+    uniform = torch.tensor([0.5, 0.5])
+    first = update_prediction_mean(uniform, torch.tensor(0), probs, valid, momentum=0.9)
+    assert torch.allclose(first, torch.tensor([0.6, 0.4]))  # the batch mean, not 0.9*0.5 + 0.1*0.6
+    # later: 0.9 * (0.6, 0.4) + 0.1 * (0.6, 0.4) stays; with other data it moves by 10%
+    later = update_prediction_mean(first, torch.tensor(1), torch.tensor([1.0, 0.0]).view(1, 2, 1, 1),
+                                   torch.ones(1, 1, 1, dtype=torch.bool), momentum=0.9)
+    assert torch.allclose(later, torch.tensor([0.64, 0.36]))
+    empty = update_prediction_mean(first, torch.tensor(1), probs, torch.zeros_like(valid), momentum=0.9)
+    assert torch.equal(empty, first)  # no valid pixel: unchanged
+
+
+def test_align_logits_by_hand() -> None:
+    # ReMixMatch: p * target / predicted, renormalised. The teacher says (0.8, 0.2) on average while the
+    # labeled masks hold (0.5, 0.5): a pixel at (0.8, 0.2) becomes (0.4, 0.1) / 0.5 = (0.5, 0.5)
+    logits = torch.tensor([math.log(0.8), math.log(0.2)]).view(1, 2, 1, 1)
+    aligned = align_logits(logits, torch.tensor([0.5, 0.5]), torch.tensor([0.8, 0.2]))
+    assert torch.allclose(aligned.softmax(1).flatten(), torch.tensor([0.5, 0.5]))
+    # a pixel at (0.9, 0.1): (0.5625, 0.25) / 0.8125 -> (0.6923, 0.3077); its arg-max stays, its confidence drops
+    aligned = align_logits(torch.tensor([math.log(0.9), math.log(0.1)]).view(1, 2, 1, 1),
+                           torch.tensor([0.5, 0.5]), torch.tensor([0.8, 0.2]))
+    assert torch.allclose(aligned.softmax(1).flatten(), torch.tensor([0.5625, 0.25]) / 0.8125)
+    same = torch.randn(2, 3, 4, 5)
+    assert torch.allclose(align_logits(same, torch.tensor([0.2, 0.3, 0.5]), torch.tensor([0.2, 0.3, 0.5])), same)
+    # a class absent from the labeled masks stays finite (eps), far down
+    out = align_logits(torch.zeros(1, 2, 1, 1), torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5]))
+    assert torch.isfinite(out).all() and out.softmax(1)[0, 1].item() < 1e-5
 
 
 def test_cutmix_p0_no_box_p1_always_box_in_range() -> None:

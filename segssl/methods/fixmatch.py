@@ -16,7 +16,9 @@ warm-up as in UniMatch V2; it is then the evaluated model). ``weighting: classwi
 global threshold by FreeMatch's self-adaptive class thresholds, ``class_mean`` (the default) by
 thresholds from each class's own mean confidence (``pseudo_label.py``): at low label fractions
 thin or rare classes rarely reach 0.95 and drop out of the pseudo-labels (a DESIGN.md pitfall).
-``weighting: hard`` gives UniMatch's/FixMatch's global threshold.
+``weighting: hard`` gives UniMatch's/FixMatch's global threshold. ``distribution_alignment``
+(off by default) rescales the teacher's class probabilities to the labeled masks' class shares
+before any of that (ReMixMatch; ``DistributionAlignment``).
 
 UniMatch's extensions are options here and on by default in ``unimatch``: ``feature_perturbation``
 (Dropout2d(0.5) on the encoder features of the weak view, decoded into a prediction trained on
@@ -42,8 +44,8 @@ from ..losses import masked_cross_entropy, weighted_cross_entropy
 from ..pseudo import apply_cutmix, cutmix_boxes, rampup
 from .base import METHODS, Batch, Method, StepContext, StepOutput
 from .pseudo_label import (
-    TEACHERS, ConfidenceWeighting, EmaTeacher, TeacherMixin, check_choice, check_unit_interval, joint_forward,
-    require_unlabeled, unlabeled_diagnostics,
+    TEACHERS, ConfidenceWeighting, DistributionAlignment, EmaTeacher, TeacherMixin, check_choice, check_unit_interval,
+    joint_forward, require_unlabeled, unlabeled_diagnostics,
 )
 
 FP_SHARE = 0.5  # UniMatch: the feature-perturbation stream gets half of the unlabeled weight
@@ -71,11 +73,17 @@ class FixMatchParams:
     fp_dropout: float = 0.5  # UniMatch: Dropout2d(0.5)
     two_strong_views: bool = False  # needs the "strong2" view: use method 'unimatch'
     rampup_steps: int = 0  # UniMatch has none: the threshold already starts the term near 0
+    # ReMixMatch's distribution alignment of the teacher's probabilities to the labeled class shares
+    # (DistributionAlignment): against the drift to already-dominant classes at very few labels
+    distribution_alignment: bool = False
+    alignment_momentum: float = 0.99  # EMA of the teacher's mean probabilities (~100 steps)
 
     def __post_init__(self) -> None:
         check_choice(self.teacher, TEACHERS, "teacher")
         check_choice(self.weighting, ("hard", "classwise", "class_mean"), "weighting")
         check_unit_interval(self.threshold_floor, "threshold_floor")
+        if not 0.0 <= self.alignment_momentum < 1.0:
+            raise ConfigError(f"method.params.alignment_momentum must be in [0, 1), got {self.alignment_momentum}")
         area = list(self.cutmix_area)
         if len(area) != 2 or not 0.0 < area[0] <= area[1] <= 1.0:
             raise ConfigError(f"method.params.cutmix_area must be [low, high] with 0 < low <= high <= 1, got {self.cutmix_area}")
@@ -107,6 +115,7 @@ class FixMatch(TeacherMixin, Method):
         self.weighting = ConfidenceWeighting(params.weighting, num_classes, params.threshold, params.ema_momentum,
                                              floor=params.threshold_floor)
         self.teacher = EmaTeacher(self.model) if params.teacher == "ema" else None
+        self.alignment = DistributionAlignment(num_classes, params.alignment_momentum) if params.distribution_alignment else None
 
 
     def forward_fp(self, labeled: Tensor, weak: Tensor) -> tuple[Tensor, Tensor]:
@@ -124,7 +133,10 @@ class FixMatch(TeacherMixin, Method):
         p = self.params
         unlabeled = require_unlabeled(unlabeled, type(self).__name__.lower())
         weak, valid = unlabeled["image"], unlabeled["valid"]
-        conf, label, weight = self.weighting(self.teacher_logits(weak), valid)
+        teacher_logits = self.teacher_logits(weak)
+        if self.alignment is not None:
+            teacher_logits = self.alignment(teacher_logits, valid, labeled["mask"], labeled["valid"])
+        conf, label, weight = self.weighting(teacher_logits, valid)
 
         views = ["strong", "strong2"] if p.two_strong_views else ["strong"]
         b, h, w = valid.shape
@@ -158,4 +170,6 @@ class FixMatch(TeacherMixin, Method):
         out["loss/u"] = loss_u
         out.update(unlabeled_diagnostics(label, weight, conf, unlabeled, self.num_classes))
         out.update(self.weighting.state_stats())
+        if self.alignment is not None:
+            out.update(self.alignment.state_stats())
         return out

@@ -48,9 +48,9 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..losses import masked_cross_entropy, weighted_cross_entropy
 from ..pseudo import (
-    class_mean_thresholds, classwise_thresholds, classwise_weights, confidence_and_label, ema_decay, ema_update_,
-    hard_weights, pseudo_label_stats, rampup, soft_gaussian_weights, update_class_confidence, update_classwise_state,
-    update_confidence_stats,
+    align_logits, class_mean_thresholds, class_pixel_counts, classwise_thresholds, classwise_weights,
+    confidence_and_label, ema_decay, ema_update_, hard_weights, pseudo_label_stats, rampup, soft_gaussian_weights,
+    update_class_confidence, update_classwise_state, update_confidence_stats, update_prediction_mean,
 )
 from .base import METHODS, Batch, Method, StepContext, StepOutput, hidden_ground_truth
 
@@ -197,6 +197,50 @@ class ConfidenceWeighting(nn.Module):
             return {"tau/min": self.thresholds().min().detach(),
                     **{f"tau/{c}": t for c, t in enumerate(self.thresholds().detach())}}
         return {}
+
+
+class DistributionAlignment(nn.Module):
+    """ReMixMatch's distribution alignment (Berthelot et al., ICLR 2020) for dense teachers:
+    the teacher's class probabilities are scaled by (class share of the labeled masks) / (running
+    mean of the teacher's own probabilities on unlabeled pixels) before pseudo-labels and
+    confidences are taken from them.
+
+    Why: a self-taught model drifts towards the classes it already predicts. On CamVid at 23
+    labels, FixMatch (even under the global 0.95) fed its own road/sky/building/car calls back until
+    val predictions of sky covered 20% of the pixels against 9% in the masks, pavement went to road and
+    pedestrians to car (benchmarks/results/camvid_cpu/findings.md). Alignment pulls the pseudo-label
+    marginals back to the labeled ones. The labeled share is every labeled pixel seen so far
+    (exact, not a moving average); the teacher's mean is an EMA (``momentum``) whose first batch
+    replaces the uniform start. All three are buffers: checkpointed and resumed."""
+
+    def __init__(self, num_classes: int, momentum: float = 0.99) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("labeled_counts", torch.zeros(num_classes))
+        self.register_buffer("teacher_mean", torch.full((num_classes,), 1.0 / num_classes))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def target(self) -> Tensor:
+        """Class shares of the labeled pixels seen so far (uniform before the first)."""
+        total = self.labeled_counts.sum()
+        uniform = torch.full_like(self.labeled_counts, 1.0 / self.labeled_counts.numel())
+        return torch.where(total > 0, self.labeled_counts / total.clamp_min(1.0), uniform)
+
+    @torch.no_grad()
+    def forward(self, logits: Tensor, valid: Tensor, labeled_mask: Tensor, labeled_valid: Tensor) -> Tensor:
+        """Aligned (detached, float32) teacher logits; in training mode the statistics first take in
+        this batch's labeled masks and the teacher's unaligned probabilities."""
+        if self.training:
+            self.labeled_counts.add_(class_pixel_counts(labeled_mask, labeled_valid, self.labeled_counts.numel()))
+            probs = F.softmax(logits.detach().float(), dim=1)
+            self.teacher_mean.copy_(update_prediction_mean(self.teacher_mean, self.updates, probs, valid, self.momentum))
+            self.updates.add_(1)
+        return align_logits(logits, self.target(), self.teacher_mean)
+
+    def state_stats(self) -> dict[str, Any]:
+        """``da/scale/<c>``: the factor each class's probability gets (>1 lifted, <1 damped)."""
+        scale = self.target().clamp_min(1e-6) / self.teacher_mean.clamp_min(1e-6)
+        return {f"da/scale/{c}": v for c, v in enumerate(scale.detach())}
 
 
 # ---------------------------------------------------------------------------- small shared steps
