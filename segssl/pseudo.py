@@ -90,6 +90,11 @@ def update_confidence_stats(
     return _ema(mean_t, batch_mean, momentum, has), _ema(var_t, batch_var, momentum, has)
 
 
+def mean_probability(probs: Tensor, valid: Tensor) -> Tensor:
+    """Mean probability vector [C] of ``probs`` [B, C, H, W] over the valid pixels (zeros if none)."""
+    return (probs * valid.unsqueeze(1).float()).sum(dim=(0, 2, 3)) / valid.sum().clamp_min(1).float()
+
+
 def update_classwise_state(
     global_tau: Tensor, class_prob: Tensor, probs: Tensor, valid: Tensor, momentum: float
 ) -> tuple[Tensor, Tensor]:
@@ -100,11 +105,10 @@ def update_classwise_state(
     FreeMatch initialises both at ``1/C``. An empty batch leaves the state unchanged.
     """
     probs = probs.detach().float()
-    v = valid.unsqueeze(1).float()
     n = valid.sum()
     denom = n.clamp_min(1).float()
     mean_max = (probs.max(dim=1).values * valid.float()).sum() / denom
-    mean_vec = (probs * v).sum(dim=(0, 2, 3)) / denom
+    mean_vec = mean_probability(probs, valid)
     has = n > 0
     tau = torch.as_tensor(global_tau, dtype=torch.float32, device=probs.device)
     cp = torch.as_tensor(class_prob, dtype=torch.float32, device=probs.device)
@@ -127,10 +131,8 @@ def update_class_confidence(class_conf: Tensor, conf: Tensor, label: Tensor, val
     class covers: a pole's pixels are judged by how sure the model is of poles, not by how rare
     poles are. A class absent from the batch keeps its value."""
     c = class_conf.numel()
-    keep = valid.reshape(-1)
-    labels = label.reshape(-1)[keep].long()
-    counts = torch.bincount(labels, minlength=c).float()
-    sums = torch.bincount(labels, weights=conf.detach().reshape(-1)[keep].float(), minlength=c)
+    counts = class_pixel_counts(label, valid, c)
+    sums = torch.bincount(label[valid].long().reshape(-1), weights=conf.detach()[valid].float().reshape(-1), minlength=c)
     old = torch.as_tensor(class_conf, dtype=torch.float32, device=conf.device)
     return _ema(old, sums / counts.clamp_min(1), momentum, counts > 0)
 
@@ -148,15 +150,13 @@ def class_pixel_counts(mask: Tensor, valid: Tensor, num_classes: int) -> Tensor:
 
 
 def update_prediction_mean(mean: Tensor, updates: Tensor, probs: Tensor, valid: Tensor, momentum: float) -> Tensor:
-    """EMA of the mean softmax vector over valid pixels [C]; the first batch with data (``updates``
-    == 0) replaces the initial value outright, so the estimate is the batch's own from step one
+    """EMA of the mean softmax vector over valid pixels [C]; the first batch with data (``updates``,
+    the number of earlier batches with data, is 0) replaces the initial value outright, so the estimate is the batch's own from step one
     rather than mostly the uniform start (an EMA at 0.99 needs ~100 steps to forget it)."""
-    probs = probs.detach().float()
-    n = valid.sum()
-    batch_mean = (probs * valid.unsqueeze(1).float()).sum(dim=(0, 2, 3)) / n.clamp_min(1).float()
+    batch_mean = mean_probability(probs.detach().float(), valid)
     old = torch.as_tensor(mean, dtype=torch.float32, device=probs.device)
     blended = torch.where(updates > 0, momentum * old + (1.0 - momentum) * batch_mean, batch_mean)
-    return torch.where(n > 0, blended, old)
+    return torch.where(valid.any(), blended, old)
 
 
 def align_logits(logits: Tensor, target: Tensor, predicted: Tensor, eps: float = 1e-6) -> Tensor:

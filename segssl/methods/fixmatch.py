@@ -58,8 +58,8 @@ class FixMatchParams:
     # class_mean (see pseudo_label.py) rather than FixMatch's global threshold: on CamVid at 46 labels
     # the global 0.95 gave poles, signs and pedestrians ~0 pseudo-labels, and class_mean lifted best
     # val mIoU from 0.448 (hard, one seed) to 0.489 / 0.498 (two seeds): benchmarks/results/camvid_cpu.
-    # At 23 labels it fell below the labeled-only model (0.280 vs 0.351): thresholds that follow the
-    # classes' own mean confidence let a young model's confident mistakes through; see rampup_steps
+    # At 23 labels it fell below the labeled-only model (val 0.280 vs 0.351), and so did hard (0.244) and
+    # a 300-step ramp-up (0.301): the model drifts to the dominant classes; see distribution_alignment
     weighting: str = "class_mean"  # hard | classwise (FreeMatch thresholds) | class_mean
     threshold_floor: float = 0.5  # class_mean: no class threshold below this
     # classwise/class_mean state momentum; FreeMatch's 0.999 assumes ~1M steps (its thresholds start at

@@ -234,7 +234,7 @@ class DistributionAlignment(nn.Module):
             self.labeled_counts.add_(class_pixel_counts(labeled_mask, labeled_valid, self.labeled_counts.numel()))
             probs = F.softmax(logits.detach().float(), dim=1)
             self.teacher_mean.copy_(update_prediction_mean(self.teacher_mean, self.updates, probs, valid, self.momentum))
-            self.updates.add_(1)
+            self.updates.add_(valid.any().long())  # batches with data: the first replaces the start
         return align_logits(logits, self.target(), self.teacher_mean)
 
     def state_stats(self) -> dict[str, Any]:
