@@ -87,6 +87,7 @@ def test_rows_filters_and_order(tmp_path: Path) -> None:
     keys = [r.key for r in rows(suite, ["fixmatch", "supervised"], ["1/8", "all"])]
     assert keys == ["fixmatch__1of8__s0", "fixmatch__1of8__s1", "supervised__all__s0", "supervised__all__s1",
                     "supervised__1of8__s0", "supervised__1of8__s1"]
+    assert [r.key for r in rows(suite, ["fixmatch"], ["1/4"], seeds=[2])] == ["fixmatch__1of4__s2"]
     with pytest.raises(ConfigError, match="--labels 1/3"):
         rows(suite, labels=["1/3"])
     with pytest.raises(ConfigError, match="--only cps"):

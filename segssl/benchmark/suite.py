@@ -96,10 +96,16 @@ def load_suite(path: Path) -> Suite:
     return suite
 
 
-def rows(suite: Suite, only: Optional[list[str]] = None, labels: Optional[list[str]] = None) -> list[Row]:
-    """All rows in run order; ``only``/``labels`` keep the given methods / labeled subsets, in the order given."""
-    out = [Row(suite.upper_method, "all", s) for s in suite.seeds]
-    out += [Row(m, label, s) for label in suite.labeled for m in suite.configs for s in suite.seeds]
+def rows(suite: Suite, only: Optional[list[str]] = None, labels: Optional[list[str]] = None,
+         seeds: Optional[list[int]] = None) -> list[Row]:
+    """All rows in run order; ``only``/``labels`` keep the given methods / labeled subsets, in the order given.
+
+    ``seeds`` replaces the suite's own list for this call: an extra seed for one key comparison
+    (``--only fixmatch --seeds 2``) without adding it to every row the report lists as not run yet.
+    """
+    seed_list = suite.seeds if seeds is None else seeds
+    out = [Row(suite.upper_method, "all", s) for s in seed_list]
+    out += [Row(m, label, s) for label in suite.labeled for m in suite.configs for s in seed_list]
     for wanted in labels or []:
         if wanted != "all" and wanted not in suite.labeled:
             raise ConfigError(f"--labels {wanted}: the suite has {', '.join(['all', *suite.labeled])}")

@@ -1,7 +1,7 @@
 """segssl-benchmark: label-efficiency suites, resumable across sessions and machines.
 
   python tools/benchmark.py --suite benchmarks/suites/camvid_cpu.yaml [--only METHOD ...] [--labels 1/8 all]
-                            [--jobs N] [--set key=value ...] [--report-only]
+                            [--seeds 2] [--jobs N] [--set key=value ...] [--report-only]
 
 Each row (method x labeled subset x seed) is one ``tools/train.py`` run in its own work
 directory. A finished row leaves ``benchmarks/results/<suite>/runs/<row>.json`` (small, meant
@@ -64,6 +64,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--suite", required=True, help="suite YAML")
     parser.add_argument("--only", nargs="*", help="run only these methods, in this order")
     parser.add_argument("--labels", nargs="*", help="run only these labeled subsets (e.g. 1/8 all)")
+    parser.add_argument("--seeds", nargs="+", type=int,
+                        help="train these seeds instead of the suite's list (e.g. a third seed for one comparison)")
     parser.add_argument("--jobs", type=int, default=1, help="rows trained at once (default 1)")
     add_override_argument(parser, "extra override for every row run now (e.g. train.device=cuda); recorded in each row's command")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from stored results")
@@ -78,7 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     failures: list[str] = []
     if not args.report_only:
         pending = []
-        for row in rows(suite, args.only, args.labels):
+        for row in rows(suite, args.only, args.labels, args.seeds):
             if (results / "runs" / f"{row.key}.json").exists():
                 print(f"skip {row.key}: done")
             else:
