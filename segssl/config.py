@@ -49,7 +49,8 @@ class AugmentConfig:
     blur_p: float = 0.5
     # Gaussian blur sigma range in pixels; UniMatch's (0.1, 2.0) was chosen for 321-801 px crops
     # (scaled to a 128-px side: about 0.8). Measured once: on Dubai 128-px crops, FixMatch with blur
-    # off (colour off in both) reached best val 0.554 against 0.534 (one seed; dubai_indomain_cpu findings)
+    # off (colour off in both) reached best val 0.554 against 0.534 (seed 0; blur on, seed 1: 0.546;
+    # dubai_indomain_cpu findings). Not yet a reason to change the default: one seed, one dataset
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
 
 
