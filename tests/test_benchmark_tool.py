@@ -75,6 +75,24 @@ def test_report_shows_progress_of_interrupted_rows(tmp_path: Path) -> None:
     assert "Not run yet (1): supervised__1of8__s0" in table
 
 
+def test_report_lists_interrupted_extra_seeds_and_runs_stopped_before_their_first_log(tmp_path: Path) -> None:
+    extra = tmp_path / "t" / "fixmatch__1of8__s2"  # a seed beyond the suite's list, run with --seeds 2
+    extra.mkdir(parents=True)
+    extra.joinpath("metrics.jsonl").write_text(json.dumps({"step": 280, "split": "train", "loss": 1.0}) + "\n")
+    early = tmp_path / "t" / "supervised__1of8__s0"
+    (early / "checkpoints").mkdir(parents=True)
+    (early / "checkpoints" / "last.pt").write_bytes(b"x")
+    done = tmp_path / "t" / "supervised__all__s3"  # a finished extra seed: in the table, not in the list
+    done.mkdir(parents=True)
+    done.joinpath("metrics.jsonl").write_text(json.dumps({"step": 3000, "split": "train", "loss": 1.0}) + "\n")
+    (tmp_path / "t" / "notes").mkdir()  # not a row directory
+    found = [_result("supervised", "all", 0.6), _result("supervised", "all", 0.6, seed=3)]
+    table = markdown(_suite(), found, "cmd", work_root=tmp_path)
+    assert ("Interrupted, resumable (2): supervised__1of8__s0 (checkpoint saved before the first log record); "
+            "fixmatch__1of8__s2 (step 280)." in table)
+    assert "Not run yet (1): fixmatch__1of8__s0" in table
+
+
 def test_still_rising_rule() -> None:
     assert still_rising([(100, 0.3), (400, 0.5), (500, 0.52)], steps=500) is True
     assert still_rising([(100, 0.3), (400, 0.5), (500, 0.503)], steps=500) is False

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..engine.logger import read_metrics
-from .suite import Suite, rows, subset_sizes, val_curve
+from .suite import Row, Suite, rows, subset_sizes, val_curve
 
 
 def load_results(runs: Path) -> list[dict[str, Any]]:
@@ -71,12 +71,24 @@ def _gap_text(values: list[float], lower: Optional[float], upper: Optional[float
 def progress(work: Path) -> Optional[str]:
     """'step N, best val mIoU v @ s' of an unfinished row's run directory (None if it never started)."""
     logs = read_metrics(work / "metrics.jsonl") if (work / "metrics.jsonl").is_file() else []
-    if not logs:
-        return None
+    if not logs:  # a run stopped before its first log record still resumes from the checkpoint it saved
+        return "checkpoint saved before the first log record" if (work / "checkpoints" / "last.pt").is_file() else None
     val = val_curve(logs)
     best_step, best_value = max(val, key=lambda sv: sv[1]) if val else (0, 0.0)
     best = f", best val mIoU {best_value:.3f} @ {best_step}" if val else ""
     return f"step {max(m['step'] for m in logs)}{best}"
+
+
+def extra_seed_runs(suite: Suite, found: list[dict[str, Any]], work_root: Optional[Path]) -> list[str]:
+    """Unfinished run directories of seeds beyond the suite's list (``--seeds 2``), which ``rows`` does not
+    name: without them an interrupted extra seed would vanish from the report until it finishes."""
+    if work_root is None or not (work_root / suite.name).is_dir():
+        return []
+    known = {r.key for r in rows(suite)}
+    known |= {Row(f["row"]["method"], f["row"]["label"], f["row"]["seed"]).key for f in found}
+    methods = {suite.upper_method, *suite.configs}
+    return [d.name for d in sorted((work_root / suite.name).iterdir())
+            if d.is_dir() and d.name not in known and d.name.split("__")[0] in methods]
 
 
 def markdown(suite: Suite, found: list[dict[str, Any]], command: str, work_root: Optional[Path] = None) -> str:
@@ -123,8 +135,9 @@ def markdown(suite: Suite, found: list[dict[str, Any]], command: str, work_root:
         f"Report built by `{command}`; each row's own train command is in `runs/<row>.json`."
         + (f" Commits: {', '.join(commits)}. Machines: {'; '.join(machines)}." if found else " No finished rows yet."),
     ]
-    if missing:
-        started = {key: progress(work_root / suite.name / key) for key in missing} if work_root else {}
+    unfinished = missing + extra_seed_runs(suite, found, work_root)
+    if unfinished:
+        started = {key: progress(work_root / suite.name / key) for key in unfinished} if work_root else {}
         running = [f"{key} ({state})" for key, state in started.items() if state]
         waiting = [key for key in missing if not started.get(key)]
         if running:
