@@ -48,8 +48,8 @@ class AugmentConfig:
     grayscale_p: float = 0.2
     blur_p: float = 0.5
     # Gaussian blur sigma range in pixels; UniMatch's (0.1, 2.0) was chosen for 321-801 px crops
-    # (scaled to a 128-px side: about 0.8). On Dubai 128-px crops (colour off in both, two seeds each),
-    # FixMatch's best val was 0.546 +- 0.012 with blur off against 0.540 +- 0.008 with it on
+    # (scaled to a 128-px side: about 0.8). On Dubai 128-px crops (colour off in both), FixMatch's
+    # best val was 0.534 +- 0.022 with blur off (three seeds) against 0.540 +- 0.008 with it on (two)
     # (dubai_indomain_cpu findings): within the seed spread, so no reason to change the default
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
 
